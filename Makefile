@@ -1,0 +1,27 @@
+# Two entry points: `make run` (the main job) and `make test` (the test suite).
+# On a machine without nvidia-smi, torch is pinned to the CPU wheel (constraints-cpu.txt) so pip never
+# pulls CUDA packages; on a GPU machine pip resolves its normal CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GRID ?= configs/quick.toml
+TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+
+.PHONY: install run test bench report
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIN) -e '.[dev]'
+	touch $@
+
+run: install
+	$(VENV)/bin/vaebench run --grid $(GRID)
+
+report: install
+	$(VENV)/bin/vaebench report
+
+test: install
+	$(VENV)/bin/pytest -q --benchmark-disable
+
+bench: install
+	$(VENV)/bin/pytest -q --benchmark-only

@@ -1,0 +1,1 @@
+"""vaebench's harness: CLI, grid files, the training loop, the runner, storage and reports."""

@@ -1,0 +1,91 @@
+"""`vaebench` command line: parses arguments and delegates; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from bench.errors import UserError
+from vae_core.config import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark VAE posteriors and priors: train grids, record nats and speed, report.")
+err_console = Console(stderr=True)
+
+DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else $VAEBENCH_DATA, else the cache).")
+
+
+def _user_error(err: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _data_error_types() -> tuple[type[Exception], ...]:
+    from vae_core.data import DataError
+
+    return (UserError, ConfigError, DataError)
+
+
+@app.command()
+def run(
+    grid: Path = typer.Option(..., "--grid", help="Grid file (TOML)."),
+    results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
+    data_dir: Optional[Path] = DataDir,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Runs in parallel (threads are split between them)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and exit."),
+) -> None:
+    """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
+    from bench.runner import run_grid_command
+
+    try:
+        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run)
+    except _data_error_types() as err:
+        _user_error(err)
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS/report)."),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Tables and plots from a results folder (report.md, PNG and PDF figures)."""
+    from bench.report import make_report
+
+    try:
+        make_report(results, out or results / "report", data_dir)
+    except _data_error_types() as err:
+        _user_error(err)
+
+
+@app.command()
+def data(
+    data_dir: Optional[Path] = DataDir,
+    download: bool = typer.Option(False, "--download", help="Download what is missing (needs internet)."),
+) -> None:
+    """List the datasets: where each was found, split sizes, pixel means, checksum status."""
+    from bench.data_command import show_data
+
+    try:
+        code = show_data(data_dir, download)
+    except _data_error_types() as err:
+        _user_error(err)
+    raise typer.Exit(code)
+
+
+@app.command()
+def bench() -> None:
+    """Speed checks: train-step and IW-evaluation throughput per family vs. a plain baseline."""
+    import pytest
+
+    raise typer.Exit(pytest.main(["-q", "--benchmark-only", "tests/benchmarks"]))
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,153 @@
+"""Typed, validated configuration objects built from plain dicts (TOML tables).
+
+`from_dict(cls, raw, where)` turns a mapping into a frozen dataclass, rejecting unknown keys (with the
+closest valid key suggested), wrong types and values outside a field's `choices` with one-line
+`ConfigError`s that name the key. Classes add cross-field checks in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the cause in one line."""
+
+
+def choice(default: Any, choices: tuple[Any, ...]) -> Any:
+    """A dataclass field restricted to `choices`."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (inner,) = typing.get_args(tp)
+            return tuple(_coerce(v, inner, key) for v in value)
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config annotation {tp!r}")
+    raise ConfigError(f"'{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def from_dict(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
+    """Build the frozen dataclass `cls` from `raw`; `where` prefixes key names in messages (e.g. 'model.')."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'{where.rstrip('.') or cls.__name__}' must be a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = field_names(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown key '{where}{key}'{suggest(key, names)}")
+        value = _coerce(value, hints[key], where + key)
+        choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"'{where}{key}' must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}" if where and not str(err).startswith("'") else str(err)) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data view of a config dataclass (tuples become lists, so it round-trips through TOML/JSON)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `[model]` table: architecture, posterior family, prior family (see README, config reference)."""
+
+    data_dim: int = 784
+    architecture: str = choice("mlp", ("mlp", "conv"))
+    hidden: list[int] = (256, 256)
+    latent_dim: int = 32
+    posterior: str = "mean-field"
+    posterior_flow_steps: int = 2
+    prior: str = "standard"
+    prior_components: int = 10
+    prior_flow_steps: int = 2
+    flow_hidden: int = 0
+    scale: str = choice("softplus", ("softplus", "exp"))
+    kl: str = choice("mc", ("mc", "analytic"))
+
+    def __post_init__(self) -> None:
+        from vae_core.posteriors import POSTERIORS
+        from vae_core.priors import PRIORS
+
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"'model.{key}' {msg}")
+
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        need(self.data_dim >= 1, "data_dim", f"must be >= 1; got {self.data_dim}")
+        need(self.latent_dim >= 1, "latent_dim", f"must be >= 1; got {self.latent_dim}")
+        need(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1; got {list(self.hidden)}")
+        need(self.posterior in POSTERIORS, "posterior",
+             f"must be one of {', '.join(map(repr, POSTERIORS))}; got {self.posterior!r}")
+        need(self.prior in PRIORS, "prior", f"must be one of {', '.join(map(repr, PRIORS))}; got {self.prior!r}")
+        need(self.posterior_flow_steps >= 1, "posterior_flow_steps", f"must be >= 1; got {self.posterior_flow_steps}")
+        need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
+        need(self.prior_components >= 1, "prior_components", f"must be >= 1; got {self.prior_components}")
+        need(self.flow_hidden >= 0, "flow_hidden", f"must be >= 0 (0 = 2 * latent_dim); got {self.flow_hidden}")
+        need(self.flow_hidden == 0 or self.flow_hidden >= self.latent_dim - 1, "flow_hidden",
+             f"= {self.flow_hidden} is below latent_dim - 1 = {self.latent_dim - 1}: some inputs would reach no output")
+        need(self.kl == "mc" or (self.posterior == "mean-field" and self.prior == "standard"), "kl",
+             "= 'analytic' needs posterior 'mean-field' and prior 'standard'")
+        need(self.architecture != "conv" or self.data_dim == 784, "architecture",
+             f"= 'conv' needs data_dim 784 (28x28 images); got {self.data_dim}")
+
+    @property
+    def made_hidden(self) -> int:
+        return self.flow_hidden or 2 * self.latent_dim
+
+    @classmethod
+    def parse(cls, raw: "ModelConfig | Mapping[str, Any]") -> "ModelConfig":
+        return raw if isinstance(raw, ModelConfig) else from_dict(cls, raw, "model.")

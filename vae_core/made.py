@@ -1,0 +1,64 @@
+"""MADE (Germain et al. 2015): a masked MLP whose output i depends only on inputs that precede i.
+
+Used by the IAF posterior and the MAF prior. An optional context (e.g. the encoder's h) enters the
+first hidden layer and, through an unmasked linear term, every output: so the first output of the
+ordering, which sees no input, still depends on the context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def degrees(order: torch.Tensor) -> torch.Tensor:
+    """Input degree of each dimension (1-based rank in `order`): order[j] is the j-th dim to be modelled."""
+    deg = torch.empty_like(order)
+    deg[order] = torch.arange(1, len(order) + 1)
+    return deg
+
+
+class MADE(nn.Module):
+    """z [..., D] (+ context [..., C]) -> `n_params` tensors [..., D], autoregressive in `order`.
+
+    Hidden degrees cycle through 1..D-1, so a width below D-1 would leave some inputs unused (rejected).
+    With D = 1 the hidden units see no input and every output is an affine map of the context alone.
+    """
+
+    def __init__(self, dim: int, hidden: int, n_params: int = 2, context_dim: int = 0, n_hidden_layers: int = 2,
+                 order: torch.Tensor | None = None):
+        super().__init__()
+        if dim > 1 and hidden < dim - 1:
+            raise ValueError(f"MADE hidden width {hidden} < dim - 1 = {dim - 1}: some inputs would reach no output")
+        self.dim, self.n_params = dim, n_params
+        order = torch.arange(dim) if order is None else order
+        in_deg = degrees(order)  # [D]
+        hid_deg = torch.arange(hidden) % (dim - 1) + 1 if dim > 1 else torch.zeros(hidden, dtype=torch.long)
+        out_deg = in_deg.repeat(n_params)  # [P*D], parameter-major
+        self.register_buffer("in_deg", in_deg, persistent=False)
+        masks = [hid_deg[:, None] >= in_deg[None, :]]
+        masks += [hid_deg[:, None] >= hid_deg[None, :]] * (n_hidden_layers - 1)
+        masks += [out_deg[:, None] > hid_deg[None, :]]
+        sizes = [dim] + [hidden] * n_hidden_layers + [n_params * dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m.float(), persistent=False)
+        self.context_in = nn.Linear(context_dim, hidden, bias=False) if context_dim else None
+        self.context_out = nn.Linear(context_dim, n_params * dim, bias=False) if context_dim else None
+
+    def masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"mask{i}") for i in range(len(self.layers))]
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """z [..., D], context [..., C] broadcastable to z's batch dims -> n_params x [..., D]."""
+        h = z
+        for i, (layer, mask) in enumerate(zip(self.layers, self.masks())):
+            h = F.linear(h, layer.weight * mask, layer.bias)
+            if i == 0 and self.context_in is not None:
+                h = h + self.context_in(context)
+            if i < len(self.layers) - 1:
+                h = F.elu(h)
+        if self.context_out is not None:
+            h = h + self.context_out(context)
+        return h.chunk(self.n_params, dim=-1)

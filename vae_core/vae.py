@@ -1,0 +1,122 @@
+"""The VAE: an encoder, a posterior family, a Bernoulli decoder and a prior, composed (never combined
+into per-pair classes). Estimators are in nats per input; the config travels with the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from vae_core.config import ConfigError, ModelConfig, to_dict
+from vae_core.distributions import bernoulli_log_prob, kl_normal_std_normal
+from vae_core.estimators import iw_chunk_size, streaming_iw_bound
+from vae_core.nets import Decoder, Encoder
+from vae_core.posteriors import POSTERIORS
+from vae_core.priors import PRIORS
+
+CHECKPOINT_FORMAT = "vaebench-vae/1"
+
+
+class CheckpointError(ValueError):
+    """A model file is missing, corrupt or not a vaebench model."""
+
+
+class VAE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.posterior = POSTERIORS[config.posterior].from_config(config)
+        self.encoder = Encoder(config, self.posterior.context_dim)
+        self.decoder = Decoder(config)
+        self.prior = PRIORS[config.prior].from_config(config, self.encoder)
+
+    def log_weights(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, P] -> (log p(x|z), log p(z), log q(z|x)), each [k, B], for z ~ q(z|x)."""
+        loc, scale, context = self.encoder(x)  # [B, D], [B, D], [B, C]
+        z, log_q = self.posterior.rsample(loc, scale, context, k, generator)  # [k, B, D], [k, B]
+        return bernoulli_log_prob(x, self.decoder(z)), self.prior.log_prob(z), log_q
+
+    def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction [B], kl [B]) with ELBO = reconstruction - kl; both averaged over k samples.
+
+        kl = "mc": E_q[log q - log p]; "analytic": closed form (mean-field posterior, standard prior).
+        """
+        loc, scale, context = self.encoder(x)
+        z, log_q = self.posterior.rsample(loc, scale, context, k, generator)
+        reconstruction = bernoulli_log_prob(x, self.decoder(z)).mean(0)
+        if self.config.kl == "analytic":
+            kl = kl_normal_std_normal(loc, scale)
+        else:
+            kl = (log_q - self.prior.log_prob(z)).mean(0)
+        return reconstruction, kl
+
+    def elbo(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[B] nats."""
+        reconstruction, kl = self.elbo_terms(x, k, generator)
+        return reconstruction - kl
+
+    @torch.no_grad()
+    def iw_log_px(self, x: torch.Tensor, k: int = 1000, chunk: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Importance-weighted log p(x) bound with k samples, [B] nats, drawn `chunk` samples at a time."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        loc, scale, context = self.encoder(x)
+        width = x.shape[-1] + 2 * sum(self.config.hidden) + 4 * self.config.latent_dim
+        chunk = chunk or iw_chunk_size(k, x.shape[0], width, x.device)
+
+        def chunks():
+            for start in range(0, k, chunk):
+                z, log_q = self.posterior.rsample(loc, scale, context, min(chunk, k - start), generator)
+                yield bernoulli_log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - log_q  # [c, B]
+
+        return streaming_iw_bound(chunks())
+
+    @torch.no_grad()
+    def latent_code(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, P] -> the posterior's centre [B, D] (the mean for mean-field; the flow of the mean otherwise)."""
+        loc, scale, context = self.encoder(x)
+        return self.posterior.center(loc, scale, context)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, P] -> Bernoulli means [B, P] decoded from the posterior's centre."""
+        return torch.sigmoid(self.decoder(self.latent_code(x)))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n, P] Bernoulli means of x ~ p(x|z), z ~ p(z)."""
+        return torch.sigmoid(self.decoder(self.prior.sample(n, generator)))
+
+    def save(self, path: str | Path) -> None:
+        """Weights and config in one file (read back with `load_vae`)."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(self.config), "state_dict": state}, path)
+
+
+def build_vae(config: ModelConfig | Mapping[str, Any]) -> VAE:
+    """A VAE from a ModelConfig or a plain dict of `[model]` keys (plus data_dim); bad keys raise ConfigError."""
+    return VAE(ModelConfig.parse(config))
+
+
+def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
+    """The model saved by `VAE.save`, loaded with `torch.load(weights_only=True)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a vaebench model (format {CHECKPOINT_FORMAT!r} expected)")
+    try:
+        model = build_vae(blob["config"])
+        model.load_state_dict(blob["state_dict"])
+    except (ConfigError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
+    return model.to(map_location)
