@@ -35,12 +35,20 @@ def streaming_iw_bound(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
         if running_max is None:
             running_max, running_sum = chunk_max, torch.zeros_like(chunk_max)
         new_max = torch.maximum(running_max, chunk_max)
-        running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(log_w - new_max).sum(0)
+        # running_sum is kept relative to _shift(running_max): a max of -inf (all weights zero so far, e.g. a
+        # planar step whose det underflowed) would otherwise give -inf - -inf = nan and poison the bound
+        running_sum = (running_sum * torch.exp(_shift(running_max) - _shift(new_max))
+                       + torch.exp(log_w - _shift(new_max)).sum(0))
         running_max = new_max
         count += log_w.shape[0]
     if running_max is None:
         raise ValueError("streaming_iw_bound needs at least one chunk of samples")
-    return running_max + running_sum.log() - math.log(count)
+    return _shift(running_max) + running_sum.log() - math.log(count)
+
+
+def _shift(m: torch.Tensor) -> torch.Tensor:
+    """The max itself where finite, else 0 (what torch.logsumexp subtracts)."""
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
 def iw_chunk_size(k: int, batch: int, floats_per_sample: int, device: torch.device,

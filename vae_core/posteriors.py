@@ -18,8 +18,14 @@ from vae_core.flows import IAFStep, alternating_orders, planar
 
 def gaussian_rsample(loc: torch.Tensor, scale: torch.Tensor, k: int,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = loc + scale * eps for k draws: loc, scale [B, D] -> (z [k, B, D], log N(z; loc, scale) [k, B])."""
-    eps = torch.randn((k, *loc.shape), generator=generator, device=loc.device, dtype=loc.dtype)
+    """z = loc + scale * eps for k draws: loc, scale [B, D] -> (z [k, B, D], log N(z; loc, scale) [k, B]).
+
+    The k draws are made one [B, D] block at a time: torch's vectorized `randn` gives different numbers for
+    one [k1 + k2, ...] call than for a [k1, ...] call followed by a [k2, ...] call, so drawing per sample is
+    what makes `VAE.iw_log_px` independent of its `chunk` size for a given generator seed.
+    """
+    eps = torch.stack([torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+                       for _ in range(k)])  # [k, B, D]
     return loc + scale * eps, std_normal_log_prob(eps) - scale.log().sum(-1)
 
 

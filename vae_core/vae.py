@@ -116,7 +116,12 @@ def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
         raise CheckpointError(f"checkpoint {path} is not a vaebench model (format {CHECKPOINT_FORMAT!r} expected)")
     try:
         model = build_vae(blob["config"])
+        # The model is built in the default dtype; cast it to the dtype it was saved in first, or load_state_dict
+        # would silently copy float64 weights into float32 parameters.
+        saved_dtypes = {v.dtype for v in blob["state_dict"].values() if v.is_floating_point()}
+        if len(saved_dtypes) == 1:
+            model.to(saved_dtypes.pop())
         model.load_state_dict(blob["state_dict"])
-    except (ConfigError, RuntimeError, KeyError) as err:
+    except (ConfigError, RuntimeError, KeyError, AttributeError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
     return model.to(map_location)
