@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import UserError
 from vae_core.config import ConfigError
@@ -20,7 +21,7 @@ DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else 
 
 
 def _user_error(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -90,10 +90,11 @@ def parse_grid(raw: Mapping[str, Any], default_name: str = "grid") -> list[RunCo
             merged = {**base, **overrides, **point}
             label = "-".join([slug(name), slug(vname), *(axis_label(k, v) for k, v in point.items())])
             runs.append(resolve(merged, name, vname, label))
-    ids = [r.run_id for r in runs]
-    dup = next((r for r in ids if ids.count(r) > 1), None)
-    if dup:
-        raise ConfigError(f"two runs resolve to the same config ({dup}): make variants differ")
+    first: dict[str, RunConfig] = {}
+    for run in runs:
+        other = first.setdefault(run.config_hash, run)
+        if other is not run:
+            raise ConfigError(f"runs {other.label} and {run.label} resolve to the same config: make variants differ")
     return runs
 
 

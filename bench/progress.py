@@ -14,7 +14,7 @@ PLAIN_EVERY_S = 30.0
 
 class GridProgress:
     def __init__(self, stream: IO[str]):
-        self.console = Console(file=stream, highlight=False, soft_wrap=True)
+        self.console = Console(file=stream, highlight=False, soft_wrap=True, width=None if stream.isatty() else 200)
         self.live = self.console.is_terminal
         self.bars: Progress | None = None
         self.grid_task = self.run_task = None

@@ -1,0 +1,154 @@
+"""`vaebench report`: tables, plots and image grids from a results folder (see results/README.md).
+
+`make_report(results, out, data_dir)` writes `out/report.md`, PNG (+ PDF for plots) figures, and prints the
+main table. The table logic lives in `bench.report.tables` as pure functions on the run DataFrame.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bench.report.figures import SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff
+from bench.report.literature import literature_markdown
+from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
+                                 display_main_table, failures, load_results, main_table, several_lrs, status_counts,
+                                 to_markdown)
+
+__all__ = ["make_report", "main_table", "best_lr_table", "best_runs", "best_row", "failures", "status_counts",
+           "to_markdown", "load_results"]
+
+
+def _counts(values: pd.Series, fmt=str) -> str:
+    """'a (3 runs), b (1 run)' of the distinct non-empty values, or '–'."""
+    c = Counter(fmt(v) for v in values if not (isinstance(v, float) and pd.isna(v)) and v != "")
+    if not c:
+        return "–"
+    if len(c) == 1:
+        return next(iter(c))
+    return ", ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(c.items()))
+
+
+def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list[str]:
+    statuses = Counter(runs["status"])
+    status_text = ", ".join(f"{n} {s}" for s, n in
+                            sorted(statuses.items(), key=lambda kv: (kv[0] != "completed", kv[0])))
+    done = completed(runs)
+    grids = sorted(g for g in runs["grid"].unique() if g)
+    provenance = runs.apply(lambda r: f"{r['device'] or '?'}, {int(r['torch_threads']) if pd.notna(r['torch_threads']) else '?'}"
+                            f" threads, torch {r['torch_version'] or '?'}", axis=1)
+    lines = [
+        "# vaebench report",
+        "",
+        f"- Results folder: `{results_dir}`; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"- Grid{'s' if len(grids) != 1 else ''}: {', '.join(f'`{g}`' for g in grids) or '–'}.",
+        f"- Runs: {len(runs)} ({status_text}); variants: {runs['label'].nunique()}.",
+        f"- Evaluation: {_counts(done['eval_images'], lambda v: str(int(v)))} test images per run "
+        f"(a seeded random subset when below 10000), importance-weighted log p(x) with "
+        f"k = {_counts(done['iw_samples'], lambda v: str(int(v)))} samples.",
+        f"- Hardware/software: {_counts(provenance)}; git commit {_counts(runs['git_commit'])}; "
+        f"data digest {_counts(runs['data_digest'])}.",
+        "- Units: nats per image. log p(x) and ELBO are negative, higher is better; NLL = −log p(x) "
+        "(lower is better). Gap = log p(x) − ELBO, per run, then mean ± sd.",
+        "- Statistics use completed runs only (mean ± sample sd with ddof=1 over seeds; – when one seed); "
+        "diverged and failed runs are counted and listed under Failures.",
+    ]
+    if not curves.empty and "run_id" in curves.columns:
+        orphans = sorted(set(curves["run_id"]) - set(runs["run_id"]))
+        if orphans:
+            lines.append(f"- {len(orphans)} curve file(s) without a run row (runs still in progress?) are not "
+                         f"plotted: {', '.join(f'`{r}`' for r in orphans[:10])}{' …' if len(orphans) > 10 else ''}.")
+    return lines
+
+
+def _print_table(display: pd.DataFrame, bold: object, console: Console) -> None:
+    table = Table(title="vaebench: test log p(x) and ELBO per variant (nats; bold = best on validation ELBO)",
+                  title_justify="left")
+    for col in display.columns:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for idx, row in display.iterrows():
+        table.add_row(*map(str, row), style="bold" if idx == bold else None)
+    console.print(table)
+
+
+def make_report(results: Path, out: Path, data_dir: Path | None = None, console: Console | None = None) -> Path:
+    """Write `out/report.md` and the figures for the results folder `results`; returns the report path.
+
+    Raises UserError when `results` does not exist or holds no run rows.
+    """
+    from bench.report.images import image_figures
+
+    results, out = Path(results), Path(out)
+    console = console or Console()
+    runs, curves, read_notes = load_results(results)
+    out.mkdir(parents=True, exist_ok=True)
+    show_lr = several_lrs(runs)
+
+    table = main_table(runs)
+    bold = best_row(table)
+    display = display_main_table(table, show_lr)
+    md = _header(runs, results, curves) + [f"- {n}" for n in read_notes]
+
+    md += ["", "## Main table", "", to_markdown(display, bold)]
+    rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
+            if bold is not None else "No row has a validation ELBO, so none is marked best.")
+    md += [rule + " `test log p(x)`: importance-weighted bound on the test set; `gap` = log p(x) − ELBO; "
+           "`train ex/s`: training examples per second (evaluation excluded); `wall`: mean wall time per run; "
+           "`diverged/failed`: runs of that row that did not complete (not in the statistics).", ""]
+
+    md += ["## Best learning rate per variant (chosen on validation)", "",
+           to_markdown(display_best_lr_table(best_lr_table(runs))),
+           "For each variant, the lr with the highest mean validation ELBO over its completed seeds; "
+           "the test columns are that lr's figures.", ""]
+
+    counts = status_counts(runs)
+    bad = failures(runs)
+    md += ["## Failures", "", to_markdown(counts), ""]
+    if bad.empty:
+        md += ["No run diverged or failed.", ""]
+    else:
+        shown = bad.assign(lr=bad["lr"].map(lambda v: f"{v:g}" if pd.notna(v) else "–"),
+                           seed=bad["seed"].map(lambda v: str(int(v)) if pd.notna(v) else "–"),
+                           run_id=bad["run_id"].map(lambda v: f"`{v}`"))
+        md += [f"{len(bad)} run(s) did not complete; they are excluded from every statistic above.", "",
+               to_markdown(shown), ""]
+
+    md += ["## Figures", ""]
+    figure_notes: list[str] = []
+    plots = [
+        ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, out)),
+        ("Validation ELBO vs training step (mean over seeds, band = sd)",
+         lambda: plot_learning_curves(runs, curves, out)),
+        ("Training throughput per variant", lambda: plot_throughput(runs, out)),
+        ("Test log p(x) vs training throughput, each variant at its best lr on validation",
+         lambda: plot_tradeoff(runs, out)),
+    ]
+    for caption, draw in plots:
+        try:
+            png = draw()
+        except SkipFigure as why:
+            figure_notes.append(f"{caption}: skipped ({why}).")
+            continue
+        md += [f"### {caption}", "", f"![{caption}]({png}) (also `{png[:-4]}.pdf`)", ""]
+    images = image_figures(runs, results, out, data_dir)
+    for caption, png in images.figures:
+        md += [f"### {caption}", "", f"![{caption}]({png})", ""]
+    figure_notes += images.notes
+    if figure_notes:
+        md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
+
+    md += [literature_markdown()]
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md), encoding="utf-8")
+    tmp.replace(path)
+
+    _print_table(display, bold, console)
+    n_fig = len(plots) - sum(1 for n in figure_notes if ": skipped (" in n) + len(images.figures)
+    console.print(f"wrote {path} and {n_fig} figure(s)", highlight=False)
+    return path

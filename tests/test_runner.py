@@ -1,0 +1,276 @@
+"""The grid runner: expansion, validation (exit 2, nothing written), resume, atomic writes, divergence, CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import bench.train
+from bench.cli import app
+from bench.errors import UserError
+from bench.gridfile import load_grid, parse_grid
+from bench.runner import RunTask, eval_subset, execute_run
+from bench.storage import ResultsLayout, atomic_write
+from vae_core import load_vae
+from vae_core.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = """
+name = "t"
+[model]
+hidden = [16]
+latent_dim = 4
+[train]
+batch_size = 32
+max_steps = 12
+eval_every = 6
+check_every = 3
+[data]
+max_eval_images = 64
+[eval]
+iw_samples = 4
+valid_iw_samples = 2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "g.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+# -- expansion -----------------------------------------------------------------------------------------
+def test_shipped_tiny_grid_expands_to_four_resolved_runs():
+    runs = load_grid(REPO / "configs" / "tiny.toml")
+    assert [(r.variant, r.train.seed) for r in runs] == [("mean-field", 0), ("mean-field", 1), ("iaf", 0), ("iaf", 1)]
+    assert runs[2].model.posterior == "iaf" and runs[0].model.posterior == "mean-field"
+    assert len({r.run_id for r in runs}) == 4
+    assert runs[0].run_id == load_grid(REPO / "configs" / "tiny.toml")[0].run_id  # stable
+    assert runs[0].flat()["model.latent_dim"] == 8 and runs[0].flat()["eval.iw_samples"] == 20
+
+
+@pytest.mark.parametrize("name", ["grid", "quick", "reference-cpu", "seed000", "seed001", "seed002"])
+def test_every_shipped_config_validates(name):
+    runs = load_grid(REPO / "configs" / f"{name}.toml")
+    assert runs
+    if name == "grid":
+        assert len(runs) == 5 * 3 * 3
+        assert {r.train.lr for r in runs} == {3e-4, 1e-3, 3e-3}
+
+
+def test_quoted_and_unquoted_dotted_keys_mean_the_same():
+    quoted = parse_grid({"variant": [{"name": "a", "model.posterior": "iaf"}], "grid": {"train.seed": [0, 1]}})
+    nested = parse_grid({"variant": [{"name": "a", "model": {"posterior": "iaf"}}],
+                         "grid": {"train": {"seed": [0, 1]}}})
+    assert [r.run_id for r in quoted] == [r.run_id for r in nested]
+
+
+def test_variants_cross_the_product_of_axes():
+    runs = parse_grid({"variant": [{"name": "a"}, {"name": "b", "model.prior": "mog"}],
+                       "grid": {"train.seed": [0, 1, 2], "train.lr": [1e-3, 3e-3]}})
+    assert len(runs) == 2 * 3 * 2
+    assert {(r.variant, r.model.prior) for r in runs} == {("a", "standard"), ("b", "mog")}
+    assert len({r.config_hash for r in runs}) == 12
+
+
+# -- validation: exit 2, one line naming file and key, nothing written -----------------------------------
+BAD = {
+    "unknown_key": ('[model]\nlatent_dims = 3\n', "unknown key 'model.latent_dims' (did you mean 'model.latent_dim'?)"),
+    "unknown_section": ('[modle]\nlatent_dim = 3\n', "unknown top-level key 'modle' (did you mean 'model'?)"),
+    "wrong_type": ('[model]\nlatent_dim = "8"\n', "'model.latent_dim' must be int"),
+    "lr_not_positive": ('[train]\nlr = 0\n', "'train.lr' must be > 0"),
+    "unknown_posterior": ('[model]\nposterior = "nope"\n', "'model.posterior' must be one of"),
+    "k_below_one": ('[eval]\niw_samples = 0\n', "'eval.iw_samples' must be >= 1"),
+    "bad_toml": ('[model\nlatent_dim = 3\n', "invalid TOML"),
+    "variant_and_axis": ('[[variant]]\nname = "a"\ntrain.seed = 1\n[grid]\n"train.seed" = [0, 1]\n',
+                         "'train.seed' is set by the variant and by the [grid] axis"),
+    "axis_not_list": ('[grid]\n"train.seed" = 3\n', "must be a non-empty list"),
+    "axis_bad_value": ('[grid]\n"train.lr" = [1e-3, -1.0]\n', "'train.lr' must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_grid_is_exit_2_with_one_line_and_nothing_written(tmp_path, case):
+    text, expected = BAD[case]
+    grid = write(tmp_path, text)
+    results = tmp_path / "results"
+    res = invoke("run", "--grid", str(grid), "--results", str(results))
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.output.split())
+    assert expected in message and str(grid.name) in message
+    assert not results.exists()
+
+
+def test_bad_toml_names_line_and_column(tmp_path):
+    res = invoke("run", "--grid", str(write(tmp_path, 'name = "x"\n[model\n')), "--results", str(tmp_path / "r"))
+    assert res.exit_code == 2 and "line 2" in res.output and "column" in res.output
+
+
+def test_missing_grid_file_is_exit_2(tmp_path):
+    res = invoke("run", "--grid", str(tmp_path / "nope.toml"), "--results", str(tmp_path / "r"))
+    assert res.exit_code == 2 and "nope.toml not found" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_is_exit_2_before_anything_is_written(tmp_path, isolated):
+    res = invoke("run", "--grid", str(write(tmp_path, SMALL)), "--results", str(tmp_path / "r"),
+                 "--data-dir", str(tmp_path / "empty"))
+    assert res.exit_code == 2 and "not found" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_prints_the_table_and_writes_nothing(tmp_path):
+    res = invoke("run", "--grid", str(REPO / "configs" / "tiny.toml"), "--results", str(tmp_path / "r"), "--dry-run")
+    assert res.exit_code == 0 and "4 runs" in res.output and "tiny-iaf-seed1" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_duplicate_run_configs_are_rejected():
+    with pytest.raises(ConfigError, match="same config"):
+        parse_grid({"variant": [{"name": "a"}, {"name": "b"}]})
+
+
+# -- storage --------------------------------------------------------------------------------------------
+def test_atomic_write_leaves_old_file_intact_when_writer_dies(tmp_path):
+    target = tmp_path / "x.parquet"
+    pd.DataFrame({"a": [1]}).to_parquet(target)
+
+    def dies(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, dies)
+    assert pd.read_parquet(target)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.parquet"]  # no temp file left
+
+
+def test_eval_subset_is_seeded_random_not_the_first_rows():
+    x = torch.arange(1000.0)[:, None]
+    a, b = eval_subset(x, 100, 7), eval_subset(x, 100, 7)
+    assert torch.equal(a, b) and not torch.equal(a, x[:100])
+    assert a.flatten().max() > 500  # reaches into the later (other-digit) part of a sorted file
+    assert eval_subset(x, 0, 7) is x
+
+
+# -- running (real binarized MNIST, a few steps) ---------------------------------------------------------
+@pytest.fixture
+def small_grid(tmp_path, shared_data_dir):
+    grid = write(tmp_path, SMALL + '[[variant]]\nname = "mf"\n[[variant]]\nname = "iaf"\nmodel.posterior = "iaf"\n')
+    return grid, tmp_path / "results", shared_data_dir
+
+
+def run_cli(grid, results, data_dir):
+    return invoke("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(data_dir))
+
+
+def test_cli_end_to_end_then_rerun_skips_everything(small_grid):
+    grid, results, data_dir = small_grid
+    res = run_cli(grid, results, data_dir)
+    assert res.exit_code == 0, res.output
+    runs = pd.read_parquet(results / "runs")
+    assert len(runs) == 2 and set(runs["status"]) == {"completed"}
+    for col in ("run_id", "grid", "variant", "posterior", "prior", "architecture", "latent_dim", "lr", "seed",
+                "optimizer", "batch_size", "max_steps", "steps_done", "status", "best_step", "val_elbo",
+                "test_elbo", "test_iw_log_px", "iw_samples", "train_examples_per_s", "eval_seconds",
+                "wall_seconds", "device", "torch_threads", "torch_version", "git_commit", "config_hash",
+                "started_at", "finished_at", "eval_images", "data_digest", "model.posterior", "train.lr"):
+        assert col in runs.columns, col
+    assert (runs["test_iw_log_px"] < 0).all() and (runs["test_iw_log_px"] >= runs["test_elbo"] - 1.0).all()
+    assert (runs["steps_done"] == 12).all() and (runs["eval_images"] == 64).all()
+    assert (runs["train_examples_per_s"] > 0).all()
+    curves = pd.read_parquet(results / "curves")
+    valid = curves[curves["split"] == "valid"]
+    assert sorted(valid["step"].unique()) == [6, 12] and len(valid) == 4
+    model = load_vae(results / "checkpoints" / f"{runs['run_id'][0]}.pt")
+    assert model.config.latent_dim == 4
+
+    again = run_cli(grid, results, data_dir)
+    assert again.exit_code == 0 and "2 already finished (skipped), 0 to run" in again.output
+    assert len(pd.read_parquet(results / "runs")) == 2
+
+
+def _task(grid: Path, results: Path, data_dir: Path, index: int = 0) -> RunTask:
+    return RunTask(load_grid(grid)[index], str(results), str(data_dir), "cpu", 1)
+
+
+def test_interrupted_run_resumes_to_the_same_result(small_grid, tmp_path):
+    grid, _, data_dir = small_grid
+    straight = execute_run(_task(grid, tmp_path / "a", data_dir))
+
+    def interrupt(step, total, elbo, ex_per_s):
+        if step == 9:  # after the evaluation (and saved state) at step 6
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute_run(_task(grid, tmp_path / "b", data_dir), on_progress=interrupt)
+    layout = ResultsLayout(tmp_path / "b")
+    run_id = straight["run_id"]
+    assert layout.state(run_id).exists() and not layout.run(run_id).exists()
+    resumed = execute_run(_task(grid, tmp_path / "b", data_dir))
+    assert resumed["resumed_from_step"] == 6 and resumed["steps_done"] == 12
+    for key in ("val_elbo", "test_elbo", "test_iw_log_px", "best_step"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+    curves = pd.read_parquet(layout.curves(run_id))
+    assert curves.groupby(["step", "split"]).size().max() == 1  # no duplicated evaluation rows
+
+
+def test_corrupt_training_state_restarts_cleanly(small_grid, tmp_path):
+    grid, _, data_dir = small_grid
+    layout = ResultsLayout(tmp_path / "c")
+    cfg = load_grid(grid)[0]
+    layout.state(cfg.run_id).parent.mkdir(parents=True)
+    layout.state(cfg.run_id).write_bytes(b"garbage")
+    row = execute_run(_task(grid, tmp_path / "c", data_dir))
+    assert row["status"] == "completed" and row["resumed_from_step"] == 0
+
+
+def test_divergence_is_recorded_with_first_bad_step_and_grid_goes_on(small_grid, monkeypatch):
+    grid, results, data_dir = small_grid
+    real_step = bench.train.train_step
+    calls = {"n": 0}
+
+    def step_goes_nan_in_first_run(model, optimizer, batch, generator, beta=1.0, grad_clip=0.0):
+        calls["n"] += 1
+        rec, kl = real_step(model, optimizer, batch, generator, beta, grad_clip)
+        if model.config.posterior == "mean-field" and calls["n"] >= 5:
+            return rec * math.nan, kl
+        return rec, kl
+
+    monkeypatch.setattr(bench.train, "train_step", step_goes_nan_in_first_run)
+    res = run_cli(grid, results, data_dir)
+    assert res.exit_code == 0, res.output
+    runs = pd.read_parquet(results / "runs").set_index("variant")
+    assert runs.loc["mf", "status"] == "diverged" and runs.loc["mf", "first_bad_step"] == 5
+    assert runs.loc["mf", "steps_done"] == 6  # noticed at the next check, not later
+    assert runs.loc["iaf", "status"] == "completed"
+
+
+def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch):
+    grid, results, data_dir = small_grid
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bench.train, "train_step", boom)
+    res = run_cli(grid, results, data_dir)
+    assert res.exit_code == 1
+    runs = pd.read_parquet(results / "runs")
+    assert set(runs["status"]) == {"failed"} and runs["error"].str.contains("boom").all()
+    monkeypatch.undo()
+    assert run_cli(grid, results, data_dir).exit_code == 0  # failed runs are retried
+    assert set(pd.read_parquet(results / "runs")["status"]) == {"completed"}
+
+
+def test_userror_type_is_what_the_cli_maps_to_exit_2():
+    assert issubclass(UserError, Exception)
