@@ -40,8 +40,9 @@ def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list
                             sorted(statuses.items(), key=lambda kv: (kv[0] != "completed", kv[0])))
     done = completed(runs)
     grids = sorted(g for g in runs["grid"].unique() if g)
-    provenance = runs.apply(lambda r: f"{r['device'] or '?'}, {int(r['torch_threads']) if pd.notna(r['torch_threads']) else '?'}"
-                            f" threads, torch {r['torch_version'] or '?'}", axis=1)
+    threads = runs["torch_threads"].map(lambda v: str(int(v)) if pd.notna(v) else "?")
+    provenance = (runs["device"].replace("", "?") + ", " + threads + " threads, torch "
+                  + runs["torch_version"].replace("", "?"))
     lines = [
         "# vaebench report",
         "",
@@ -67,10 +68,10 @@ def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list
 
 
 def _print_table(display: pd.DataFrame, bold: object, console: Console) -> None:
-    table = Table(title="vaebench: test log p(x) and ELBO per variant (nats; bold = best on validation ELBO)",
+    table = Table(title="test log p(x) and ELBO per variant, nats (bold = best mean validation ELBO)",
                   title_justify="left")
     for col in display.columns:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
     for idx, row in display.iterrows():
         table.add_row(*map(str, row), style="bold" if idx == bold else None)
     console.print(table)
@@ -84,7 +85,10 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     from bench.report.images import image_figures
 
     results, out = Path(results), Path(out)
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: no terminal width to respect
+            console = Console(width=160)
     runs, curves, read_notes = load_results(results)
     out.mkdir(parents=True, exist_ok=True)
     show_lr = several_lrs(runs)
@@ -94,7 +98,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     display = display_main_table(table, show_lr)
     md = _header(runs, results, curves) + [f"- {n}" for n in read_notes]
 
-    md += ["", "## Main table", "", to_markdown(display, bold)]
+    md += ["", "## Main table", "", to_markdown(display, bold).rstrip(), ""]
     rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
             if bold is not None else "No row has a validation ELBO, so none is marked best.")
     md += [rule + " `test log p(x)`: importance-weighted bound on the test set; `gap` = log p(x) − ELBO; "
@@ -102,13 +106,13 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
            "`diverged/failed`: runs of that row that did not complete (not in the statistics).", ""]
 
     md += ["## Best learning rate per variant (chosen on validation)", "",
-           to_markdown(display_best_lr_table(best_lr_table(runs))),
+           to_markdown(display_best_lr_table(best_lr_table(runs))).rstrip(), "",
            "For each variant, the lr with the highest mean validation ELBO over its completed seeds; "
            "the test columns are that lr's figures.", ""]
 
     counts = status_counts(runs)
     bad = failures(runs)
-    md += ["## Failures", "", to_markdown(counts), ""]
+    md += ["## Failures", "", to_markdown(counts).rstrip(), ""]
     if bad.empty:
         md += ["No run diverged or failed.", ""]
     else:
@@ -116,10 +120,11 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
                            seed=bad["seed"].map(lambda v: str(int(v)) if pd.notna(v) else "–"),
                            run_id=bad["run_id"].map(lambda v: f"`{v}`"))
         md += [f"{len(bad)} run(s) did not complete; they are excluded from every statistic above.", "",
-               to_markdown(shown), ""]
+               to_markdown(shown).rstrip(), ""]
 
     md += ["## Figures", ""]
     figure_notes: list[str] = []
+    written: list[str] = []
     plots = [
         ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, out)),
         ("Validation ELBO vs training step (mean over seeds, band = sd)",
@@ -134,10 +139,12 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         except SkipFigure as why:
             figure_notes.append(f"{caption}: skipped ({why}).")
             continue
+        written.append(png)
         md += [f"### {caption}", "", f"![{caption}]({png}) (also `{png[:-4]}.pdf`)", ""]
     images = image_figures(runs, results, out, data_dir)
-    for caption, png in images.figures:
-        md += [f"### {caption}", "", f"![{caption}]({png})", ""]
+    for caption, png, source in images.figures:
+        written.append(png)
+        md += [f"### {caption}", "", f"![{caption}]({png})", "", source, ""]
     figure_notes += images.notes
     if figure_notes:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
@@ -149,6 +156,5 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     tmp.replace(path)
 
     _print_table(display, bold, console)
-    n_fig = len(plots) - sum(1 for n in figure_notes if ": skipped (" in n) + len(images.figures)
-    console.print(f"wrote {path} and {n_fig} figure(s)", highlight=False)
+    console.print(f"wrote {path} and {len(written)} figure(s)", highlight=False)
     return path

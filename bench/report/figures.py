@@ -68,17 +68,18 @@ def plot_log_px(runs: pd.DataFrame, out_dir: Path) -> str:
         hue_order = [fmt_lr(v) for v in sorted(done["lr"].dropna().unique())]
         dodge = 0.8 - 0.8 / len(hue_order) if len(hue_order) > 1 else False
     with sns.axes_style("whitegrid"):
-        fig = new_figure(max(4.5, 1.3 * len(order) * (len(hue_order or [1]) ** 0.5) + 2), 4.0)
+        fig = new_figure(max(5.5, 1.3 * len(order) * (len(hue_order or [1]) ** 0.5) + 2), 4.0)
         ax = fig.add_subplot()
         sns.stripplot(data=done, x="label", y="test_iw_log_px", hue=hue, order=order, hue_order=hue_order,
                       dodge=bool(dodge), alpha=0.35, size=4, jitter=0.08, legend=False, ax=ax,
                       palette="deep" if hue else None, color=None if hue else "0.4")
         sns.pointplot(data=done, x="label", y="test_iw_log_px", hue=hue, order=order, hue_order=hue_order,
-                      errorbar="sd", capsize=0.12, dodge=dodge, linestyle="none", markers="o", ax=ax,
+                      errorbar="sd", capsize=0.12, dodge=dodge, linestyle="none", markers="o", markersize=6,
+                      err_kws={"linewidth": 1.5}, ax=ax,
                       palette="deep" if hue else None, color=None if hue else "C0")
         ax.set_xlabel("variant")
         ax.set_ylabel(f"test IW log p(x) [nats]{_k_label(runs)}")
-        ax.set_title("Test log-likelihood (mean ± sd over seeds; higher is better)", fontsize=10)
+        ax.set_title("Test log p(x): mean ± sd over seeds, dots = seeds\n(higher is better)", fontsize=9)
         _tick_labels(ax, order)
         if hue:
             ax.legend(title="lr", fontsize=8, title_fontsize=8)
@@ -122,7 +123,7 @@ def plot_learning_curves(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path
         title += "; each variant at its best lr)" if several_lrs(runs) else ")"
         if clipped:
             title += "\nearly steps below the axis are clipped"
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.legend(title="variant", fontsize=8, title_fontsize=8)
     return save(fig, out_dir, "learning_curves")
 
@@ -134,7 +135,7 @@ def plot_throughput(runs: pd.DataFrame, out_dir: Path) -> str:
         raise SkipFigure("no completed run with a throughput")
     order = [v for v in variant_order(runs) if v in set(done["label"])]
     with sns.axes_style("whitegrid"):
-        fig = new_figure(max(4.5, 1.2 * len(order) + 2), 4.0)
+        fig = new_figure(max(5.5, 1.2 * len(order) + 2), 4.0)
         ax = fig.add_subplot()
         sns.barplot(data=done, x="label", y="train_examples_per_s", order=order, errorbar="sd", capsize=0.15,
                     color="C0", alpha=0.75, ax=ax, err_kws={"linewidth": 1.2})
@@ -142,7 +143,8 @@ def plot_throughput(runs: pd.DataFrame, out_dir: Path) -> str:
                       jitter=0.08, ax=ax)
         ax.set_xlabel("variant")
         ax.set_ylabel("train examples / s")
-        ax.set_title("Training throughput (mean ± sd over runs; dots = runs)", fontsize=10)
+        ax.set_ylim(bottom=0)  # an sd bar can reach below zero; throughput cannot
+        ax.set_title("Training throughput: mean ± sd over runs, dots = runs", fontsize=9)
         ax.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")
         _tick_labels(ax, order)
     return save(fig, out_dir, "throughput")
@@ -176,6 +178,6 @@ def plot_tradeoff(runs: pd.DataFrame, out_dir: Path) -> str:
         ax.set_ylim(y0, y1 + 0.08 * (y1 - y0))
         ax.set_xlabel("train examples / s (mean over seeds)")
         ax.set_ylabel(f"test IW log p(x) [nats]{_k_label(runs)}")
-        ax.set_title("Speed vs likelihood (each variant at its best lr on validation; bars = sd)", fontsize=10)
+        ax.set_title("Speed vs likelihood: each variant at its best lr on validation, bars = sd", fontsize=9)
     return save(fig, out_dir, "tradeoff")
 

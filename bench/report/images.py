@@ -30,7 +30,7 @@ MANIFOLD_STEPS = 15
 
 @dataclass
 class ImageResult:
-    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, PNG file name)
+    figures: list[tuple[str, str, str]] = field(default_factory=list)  # (caption, PNG file name, which run)
     notes: list[str] = field(default_factory=list)
 
 
@@ -43,7 +43,7 @@ def pick_indices(n_total: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:min(k, n_total)]
 
 
-def tile(images: np.ndarray, rows: int, cols: int, side: int, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
+def tile(images: np.ndarray, rows: int, cols: int, side: int, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """[rows*cols, side*side] -> one [rows*(side+pad)-pad, cols*(side+pad)-pad] image."""
     canvas = np.full((rows * (side + pad) - pad, cols * (side + pad) - pad), pad_value, dtype=np.float32)
     for i, img in enumerate(images[: rows * cols]):
@@ -95,7 +95,9 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
     data_note_given = set()
     for _, pick in picks.iterrows():
         variant, run_id = pick["variant"], pick["run_id"]
-        who = f"`{variant}` (run `{run_id}`, seed {int(pick['seed'])}, best on validation)"
+        who = f"`{variant}`"
+        source = (f"Checkpoint of run `{run_id}` (seed {int(pick['seed'])}, lr {pick['lr']:g}): the best seed of "
+                  f"`{variant}` on validation ELBO at its best lr.")
         path = layout.checkpoint(run_id)
         if not path.is_file():
             result.notes.append(f"Images for {who} skipped: checkpoint {path} is missing.")
@@ -113,7 +115,7 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
         dtype = next(model.parameters()).dtype
         name = safe_name(variant)
 
-        result.figures.append((f"Samples from the prior, {who}", _samples(model, side, variant, out_dir, name)))
+        result.figures.append((f"Samples from the prior, {who}", _samples(model, side, variant, out_dir, name), source))
 
         row = runs[runs["run_id"] == run_id].iloc[0]
         dataset = row.get("data.dataset", "") or "binarized-mnist"
@@ -125,15 +127,16 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
             continue
         test, labels = loaded
         result.figures.append((f"Test images (top) and their reconstructions (bottom), {who}",
-                               _reconstructions(model, test.to(dtype), side, variant, out_dir, name)))
+                               _reconstructions(model, test.to(dtype), side, variant, out_dir, name), source))
         if cfg.latent_dim == 2:
             result.figures.append((f"Latent manifold (decoder means over a {MANIFOLD_STEPS}×{MANIFOLD_STEPS} grid "
-                                   f"of z), {who}", _manifold(model, side, variant, out_dir, name, dtype)))
+                                   f"of z), {who}", _manifold(model, side, variant, out_dir, name, dtype), source))
             if labels is None:
                 result.notes.append(f"Latent scatter for {who} skipped: dataset {dataset!r} has no test labels.")
             else:
                 result.figures.append((f"Latent codes of {min(N_SCATTER, len(test))} random test images by digit, "
-                                       f"{who}", _scatter(model, test.to(dtype), labels, variant, out_dir, name)))
+                                       f"{who}", _scatter(model, test.to(dtype), labels, variant, out_dir, name),
+                                       source))
     return result
 
 
@@ -149,7 +152,7 @@ def _reconstructions(model, test: torch.Tensor, side: int, variant: str, out_dir
     x = test[idx]
     recon = model.reconstruct(x).float().numpy()
     rows = math.ceil(len(idx) / 8)
-    fig = new_figure(5.2, 1.45 * rows * 2 + 0.6)
+    fig = new_figure(5.2, 2 * (rows * 5.2 / 8 + 0.3))
     top, bottom = fig.subplots(2, 1)
     _show(top, tile(x.float().numpy(), rows, 8, side), f"{variant}: {len(idx)} random test images")
     _show(bottom, tile(recon, rows, 8, side), "reconstructions (Bernoulli means from the posterior's centre)")
@@ -178,7 +181,7 @@ def _manifold(model, side: int, variant: str, out_dir: Path, name: str, dtype: t
     dz1, dz2 = (z1[1] - z1[0]) / 2, (z2[1] - z2[0]) / 2
     fig = new_figure(5.6, 5.8)
     ax = fig.add_subplot()
-    _show(ax, canvas, f"{variant}: decoder means over a {MANIFOLD_STEPS}×{MANIFOLD_STEPS} grid, {how}",
+    _show(ax, canvas, f"{variant}: decoder means over a {MANIFOLD_STEPS}×{MANIFOLD_STEPS} grid\n{how}",
           extent=(z1[0] - dz1, z1[-1] + dz1, z2[0] - dz2, z2[-1] + dz2))
     ax.set_xlabel("z₁")
     ax.set_ylabel("z₂")

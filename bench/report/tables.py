@@ -7,6 +7,7 @@ Choices (best row, best learning rate, best seed) are made on VALIDATION figures
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -279,11 +280,15 @@ def _cell(x: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+_NUMBER = re.compile(r"^[-+–\d.,±e ]+(s|min|h)?$")
+
+
 def to_markdown(df: pd.DataFrame, bold_row: Hashable | None = None) -> str:
-    """A GitHub markdown table of `df` (columns as header, index not shown); row `bold_row` (an index label)
-    in bold."""
+    """A GitHub markdown table of `df` (columns as header, index not shown; numeric columns right-aligned);
+    row `bold_row` (an index label) in bold."""
     header = [_cell(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    numeric = [len(df) > 0 and all(_NUMBER.match(_cell(v)) for v in df.iloc[:, i]) for i in range(df.shape[1])]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     for idx, row in df.iterrows():
         cells = [_cell(v) for v in row]
         if bold_row is not None and idx == bold_row:
