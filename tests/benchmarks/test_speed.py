@@ -1,0 +1,95 @@
+"""Speed checks (pytest-benchmark): one training step per family and IW evaluation, ours vs. the plain
+baseline in the same run. `pytest --benchmark-only` times them; the plain test command runs each once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.train import make_optimizer, train_step
+from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
+                                       baseline_train_step)
+from tests.benchmarks.conftest import record
+from vae_core import build_vae
+
+STEPS = 50  # training steps per timed call
+BATCH = 128
+REFERENCE = {"hidden": [256, 256], "latent_dim": 128, "flow_hidden": 256, "prior_components": 500}
+SEED000 = {"hidden": [512], "latent_dim": 32}
+FAMILIES = {
+    "mean-field": {},
+    "iaf": {"posterior": "iaf"},
+    "planar": {"posterior": "planar"},
+    "mog-prior": {"prior": "mog"},
+    "flow-prior": {"prior": "flow"},
+    "vamp-prior": {"prior": "vamp"},
+}
+
+
+def our_block(model, images: torch.Tensor):
+    """STEPS steps the way the runner trains: resident data, index slices of a permutation."""
+    optimizer = make_optimizer("rmsprop-centered", model.parameters(), 1e-3)
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(images.shape[0], generator=gen)
+
+    def block():
+        for i in range(STEPS):
+            train_step(model, optimizer, images[perm[i * BATCH:(i + 1) * BATCH]], gen)
+
+    block()  # warm-up (allocator, optimizer state)
+    return block
+
+
+def baseline_block(model, images: torch.Tensor):
+    optimizer = baseline_optimizer(model)
+    loader = baseline_loader(images, BATCH)
+
+    def block():
+        for i, (batch,) in enumerate(loader):
+            if i == STEPS:
+                break
+            baseline_train_step(model, optimizer, batch)
+
+    block()
+    return block
+
+
+def run(benchmark, fn, case: str, side: str, examples: int, rounds: int = 5) -> None:
+    benchmark.group = case
+    benchmark.pedantic(fn, rounds=rounds, iterations=1)
+    record(benchmark, case, side, examples)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_train_step_reference_arch(benchmark, train_images, family):
+    torch.manual_seed(0)
+    model = build_vae({**REFERENCE, **FAMILIES[family]})
+    run(benchmark, our_block(model, train_images), f"train ref 784-256-256 z128 {family}", "ours", STEPS * BATCH)
+
+
+@pytest.mark.parametrize("family", ["mean-field", "iaf"])
+def test_train_step_reference_arch_baseline(benchmark, train_images, family):
+    torch.manual_seed(0)
+    model = BaselineVAE(iaf=family == "iaf")
+    run(benchmark, baseline_block(model, train_images), f"train ref 784-256-256 z128 {family}", "baseline",
+        STEPS * BATCH)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_train_step_seed000_arch(benchmark, train_images, family):
+    torch.manual_seed(0)
+    model = build_vae({**SEED000, **FAMILIES[family]})
+    run(benchmark, our_block(model, train_images), f"train seed000 784-512 z32 {family}", "ours", STEPS * BATCH)
+
+
+@pytest.mark.parametrize("side", ["ours", "baseline"])
+def test_iw_log_px_k1000(benchmark, train_images, side):
+    torch.manual_seed(0)
+    x = train_images[:512]
+    if side == "ours":
+        model = build_vae(REFERENCE)
+        fn = lambda: model.iw_log_px(x, k=1000)  # noqa: E731
+    else:
+        model = BaselineVAE(iaf=False)
+        fn = lambda: baseline_iw_log_px(model, x, k=1000)  # noqa: E731
+    run(benchmark, fn, "iw log p(x) k=1000, 512 images, mean-field", side, 512 * 1000, rounds=3)
