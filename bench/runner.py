@@ -138,7 +138,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_threads": threads, "torch_version": torch.__version__, "git_commit": git_commit(),
         "config_hash": cfg.config_hash, "started_at": started,
-        "finished_at": datetime.now(timezone.utc), "compile": t.compile,
+        "finished_at": datetime.now(timezone.utc),
         **{k: (str(v) if isinstance(v, list) else v) for k, v in cfg.flat().items()},
     }
     return row

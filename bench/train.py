@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from bench.config import RunConfig
@@ -180,9 +181,7 @@ class Run:
             self.evals_since_best += 1
         return bool(e.train.patience) and self.evals_since_best >= e.train.patience
 
-    def curves_frame(self):
-        import pandas as pd
-
+    def curves_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.curves)
 
     def train(self) -> str:

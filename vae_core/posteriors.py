@@ -45,7 +45,22 @@ class MeanFieldPosterior(nn.Module):
         return loc
 
 
-class IAFPosterior(nn.Module):
+class FlowPosterior(nn.Module):
+    """The encoder's Gaussian pushed through `self.flow(z, context) -> (z', log|det|)`; subclasses define flow."""
+
+    def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def rsample(self, loc, scale, context, k, generator=None):
+        z, log_q = gaussian_rsample(loc, scale, k, generator)
+        z, log_abs_det = self.flow(z, context)
+        return z, log_q - log_abs_det
+
+    def center(self, loc, scale, context):
+        return self.flow(loc, context)[0]
+
+
+class IAFPosterior(FlowPosterior):
     """Gaussian followed by `steps` IAF steps conditioned on the encoder context h, orderings alternating."""
 
     def __init__(self, dim: int, steps: int, hidden: int, context_dim: int):
@@ -66,16 +81,8 @@ class IAFPosterior(nn.Module):
             total = total + log_abs_det
         return z, total
 
-    def rsample(self, loc, scale, context, k, generator=None):
-        z, log_q = gaussian_rsample(loc, scale, k, generator)
-        z, log_abs_det = self.flow(z, context)
-        return z, log_q - log_abs_det
 
-    def center(self, loc, scale, context):
-        return self.flow(loc, context)[0]
-
-
-class PlanarPosterior(nn.Module):
+class PlanarPosterior(FlowPosterior):
     """Gaussian followed by `steps` planar flows whose (u, w, b) are amortized: read from the encoder context."""
 
     def __init__(self, dim: int, steps: int):
@@ -94,14 +101,6 @@ class PlanarPosterior(nn.Module):
             z, log_abs_det = planar(z, u, w, b.squeeze(-1))
             total = total + log_abs_det
         return z, total
-
-    def rsample(self, loc, scale, context, k, generator=None):
-        z, log_q = gaussian_rsample(loc, scale, k, generator)
-        z, log_abs_det = self.flow(z, context)
-        return z, log_q - log_abs_det
-
-    def center(self, loc, scale, context):
-        return self.flow(loc, context)[0]
 
 
 POSTERIORS: dict[str, type[nn.Module]] = {
