@@ -11,6 +11,15 @@ import pandas as pd
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 class ResultsLayout:
     """Paths inside a results folder (see results/README.md)."""
 
@@ -39,6 +48,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         write(Path(tmp))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
