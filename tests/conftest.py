@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,25 @@ def _shared_data() -> Path | None:
     env = os.environ.get("VAEBENCH_DATA", "").strip()
     path = Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
     return path.resolve() if path.is_dir() else None
+
+
+@pytest.fixture
+def float64() -> Iterator[None]:
+    """float64 and a fixed global seed (module inits draw from it) for one test; the dtype is restored."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Small tensors on a shared 2-core machine: intra-op threads cost far more than they give."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ class MADE(nn.Module):
     """z [..., D] (+ context [..., C]) -> `n_params` tensors [..., D], autoregressive in `order`.
 
     Hidden degrees cycle through 1..D-1, so a width below D-1 would leave some inputs unused (rejected).
-    With D = 1 the hidden units see no input and every output is an affine map of the context alone.
+    With D = 1 the hidden units see no input (the first layer has zero input width) and every output is a
+    function of the context alone.
     """
 
     def __init__(self, dim: int, hidden: int, n_params: int = 2, context_dim: int = 0, n_hidden_layers: int = 2,
@@ -37,11 +38,14 @@ class MADE(nn.Module):
         hid_deg = torch.arange(hidden) % (dim - 1) + 1 if dim > 1 else torch.zeros(hidden, dtype=torch.long)
         out_deg = in_deg.repeat(n_params)  # [P*D], parameter-major
         self.register_buffer("in_deg", in_deg, persistent=False)
-        masks = [hid_deg[:, None] >= in_deg[None, :]]
+        self.n_inputs = dim if dim > 1 else 0  # at D = 1 no hidden unit may see z: no z -> hidden weights at all
+        masks = [hid_deg[:, None] >= in_deg[None, : self.n_inputs]]
         masks += [hid_deg[:, None] >= hid_deg[None, :]] * (n_hidden_layers - 1)
         masks += [out_deg[:, None] > hid_deg[None, :]]
-        sizes = [dim] + [hidden] * n_hidden_layers + [n_params * dim]
+        sizes = [self.n_inputs] + [hidden] * n_hidden_layers + [n_params * dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        if not self.n_inputs:  # zero fan-in leaves the default bias init at 0, where ELU passes no gradient on
+            nn.init.uniform_(self.layers[0].bias, -1.0, 1.0)
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.float(), persistent=False)
         self.context_in = nn.Linear(context_dim, hidden, bias=False) if context_dim else None
@@ -52,7 +56,7 @@ class MADE(nn.Module):
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """z [..., D], context [..., C] broadcastable to z's batch dims -> n_params x [..., D]."""
-        h = z
+        h = z[..., : self.n_inputs]
         for i, (layer, mask) in enumerate(zip(self.layers, self.masks())):
             h = F.linear(h, layer.weight * mask, layer.bias)
             if i == 0 and self.context_in is not None:

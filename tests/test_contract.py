@@ -1,0 +1,161 @@
+"""The contract every (posterior, prior) pair must honour: shapes, finite values, gradients to every parameter,
+exact save/load round trips, CheckpointError for damaged files, float64. The pairs are read from the
+registries at collection time, so a newly registered family is tested without editing this file.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vae_core import POSTERIORS, PRIORS, CheckpointError, build_vae, load_vae
+
+B, K = 3, 4  # inputs, samples per input
+
+
+class DeadParameters(AssertionError):
+    """Some parameter received no gradient from the ELBO."""
+
+
+def case(posterior, prior, latent_dim, architecture="mlp", data_dim=4, kl="mc"):
+    name = f"{posterior}-{prior}-d{latent_dim}" + ("" if architecture == "mlp" else f"-{architecture}") + (
+        "" if kl == "mc" else f"-kl_{kl}")
+    return pytest.param(posterior, prior, latent_dim, architecture, data_dim, kl, id=name)
+
+
+CASES = [case(post, pri, d) for post in POSTERIORS for pri in PRIORS for d in (1, 3)]
+CASES += [
+    case("iaf", "vamp", 3, architecture="conv", data_dim=784),
+    case("planar", "flow", 2, architecture="conv", data_dim=784),
+    case("mean-field", "standard", 3, kl="analytic"),
+]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_shape_and_finite(t: torch.Tensor, shape: tuple, what: str) -> None:
+    assert tuple(t.shape) == shape, f"{what}: shape {tuple(t.shape)}, expected {shape}"
+    assert torch.isfinite(t).all(), f"{what}: non-finite values"
+
+
+def check_shapes(model, x: torch.Tensor, data_dim: int, latent_dim: int) -> None:
+    with torch.no_grad():
+        loc, scale, context = model.encoder(x)
+        assert_shape_and_finite(loc, (B, latent_dim), "loc")
+        assert_shape_and_finite(scale, (B, latent_dim), "scale")
+        assert (scale > 0).all()
+        assert_shape_and_finite(context, (B, model.posterior.context_dim), "context")
+        z, log_q = model.posterior.rsample(loc, scale, context, K, gen(1))
+        assert_shape_and_finite(z, (K, B, latent_dim), "posterior.rsample z")  # [k, B, D]
+        assert_shape_and_finite(log_q, (K, B), "posterior.rsample log_q")  # [k, B]
+        assert_shape_and_finite(model.decoder(z), (K, B, data_dim), "decoder logits")  # [k, B, P]
+        assert_shape_and_finite(model.prior.log_prob(z), (K, B), "prior.log_prob")
+        assert_shape_and_finite(model.prior.sample(5, gen(2)), (5, latent_dim), "prior.sample")
+        for name, t in zip(("log p(x|z)", "log p(z)", "log q(z|x)"), model.log_weights(x, K, gen(3))):
+            assert_shape_and_finite(t, (K, B), name)
+        reconstruction, kl = model.elbo_terms(x, K, gen(4))
+        assert_shape_and_finite(reconstruction, (B,), "reconstruction")
+        assert_shape_and_finite(kl, (B,), "kl")
+        assert_shape_and_finite(model.elbo(x, K, gen(4)), (B,), "elbo")
+    assert_shape_and_finite(model.iw_log_px(x, k=5, generator=gen(5)), (B,), "iw_log_px")
+    samples = model.sample(6, gen(6))
+    assert_shape_and_finite(samples, (6, data_dim), "sample")
+    assert ((samples >= 0) & (samples <= 1)).all()
+    assert_shape_and_finite(model.latent_code(x), (B, latent_dim), "latent_code")
+    assert_shape_and_finite(model.reconstruct(x), (B, data_dim), "reconstruct")
+
+
+@torch.no_grad()
+def outputs(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Everything a seeded caller can observe, for exact comparisons between two models."""
+    z = model.prior.sample(5, gen(7)).to(x.dtype)
+    return {
+        "elbo": model.elbo(x, K, gen(8)),
+        "iw": model.iw_log_px(x, k=6, generator=gen(9)),
+        "decoder": model.decoder(z),
+        "log_prior": model.prior.log_prob(z),
+        "sample": model.sample(4, gen(10)),
+        "latent_code": model.latent_code(x),
+    }
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), f"{key} differs after reload"
+
+
+def check_save_load(model, x: torch.Tensor, tmp_path) -> None:
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = load_vae(path)
+    assert loaded.config == model.config
+    assert type(loaded.posterior) is type(model.posterior) and type(loaded.prior) is type(model.prior)
+    original_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    assert all(torch.equal(original_state[k], loaded_state[k]) for k in original_state)
+    if hasattr(model.prior, "encoder"):  # the VampPrior must use the loaded VAE's own encoder, not a copy
+        assert loaded.prior.encoder is loaded.encoder
+    assert_identical(outputs(model, x), outputs(loaded, x))
+
+
+def check_damaged_checkpoints(tmp_path) -> None:
+    blob = (tmp_path / "model.pt").read_bytes()
+    damaged = {
+        "truncated.pt": blob[: len(blob) // 2],
+        "garbage.pt": bytes(torch.randint(0, 256, (4096,), generator=gen(11), dtype=torch.uint8).tolist()),
+        "empty.pt": b"",
+    }
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")  # a torch file, but not a vaebench model
+    for name in [*damaged, "foreign.pt", "missing.pt"]:
+        path = tmp_path / name
+        with pytest.raises(CheckpointError) as err:
+            load_vae(path)
+        assert str(path) in str(err.value), f"{name}: message does not name the file: {err.value}"
+
+
+def check_float64(model, x: torch.Tensor, tmp_path) -> None:
+    model64 = copy.deepcopy(model).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model64.parameters())
+    x64 = x.to(torch.float64)
+    out32, out64 = outputs(model, x), outputs(model64, x64)
+    for key in out32:
+        assert out64[key].dtype == torch.float64, key
+        torch.testing.assert_close(out64[key].float(), out32[key], rtol=1e-4, atol=1e-4, msg=key)
+    # a float64 model round-trips as float64 (not silently rounded to the default dtype)
+    model64.save(tmp_path / "model64.pt")
+    loaded = load_vae(tmp_path / "model64.pt")
+    assert all(p.dtype == torch.float64 for p in loaded.parameters())
+    assert_identical(outputs(model64, x64), outputs(loaded, x64))
+
+
+def check_gradients(model, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    loss = -model.elbo(x, k=2, generator=gen(12)).mean()
+    loss.backward()
+    dead = [name for name, p in model.named_parameters()  # an empty weight (MADE at D = 1) holds nothing to train
+            if p.numel() and (p.grad is None or not p.grad.abs().sum() > 0)]
+    if dead:
+        raise DeadParameters(f"no gradient reaches {dead}")
+
+
+@pytest.mark.parametrize("posterior, prior, latent_dim, architecture, data_dim, kl", CASES)
+def test_contract(posterior, prior, latent_dim, architecture, data_dim, kl, tmp_path):
+    torch.manual_seed(0)
+    model = build_vae({"data_dim": data_dim, "latent_dim": latent_dim, "posterior": posterior, "prior": prior,
+                       "architecture": architecture, "hidden": [8], "prior_components": 3, "kl": kl})
+    x = torch.bernoulli(torch.full((B, data_dim), 0.3), generator=gen(0))  # [B, P]
+
+    check_shapes(model, x, data_dim, latent_dim)
+    check_save_load(model, x, tmp_path)
+    check_damaged_checkpoints(tmp_path)
+    check_float64(model, x, tmp_path)
+    check_gradients(model, x)
