@@ -7,6 +7,8 @@ ordering, which sees no input, still depends on the context.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,7 +45,9 @@ class MADE(nn.Module):
         masks += [hid_deg[:, None] >= hid_deg[None, :]] * (n_hidden_layers - 1)
         masks += [out_deg[:, None] > hid_deg[None, :]]
         sizes = [self.n_inputs] + [hidden] * n_hidden_layers + [n_params * dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        with warnings.catch_warnings():  # the zero-width first layer at D = 1 warns that its init is a no-op
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         if not self.n_inputs:  # zero fan-in leaves the default bias init at 0, where ELU passes no gradient on
             nn.init.uniform_(self.layers[0].bias, -1.0, 1.0)
         for i, m in enumerate(masks):
