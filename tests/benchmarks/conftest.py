@@ -11,14 +11,28 @@ SPEEDS: dict[tuple[str, str], dict[str, float]] = {}  # (case, "ours"|"baseline"
 
 
 @pytest.fixture(scope="session")
-def train_images() -> torch.Tensor:
-    """[50000, 784] binarized MNIST (real if found, else Bernoulli(0.13) noise of the same shape)."""
+def mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """(train [50000, 784], test [10000, 784]) binarized MNIST; Bernoulli(0.13) noise of the same shapes if absent."""
     try:
         from vae_core.data import load_dataset
 
-        return load_dataset("binarized-mnist").train
+        ds = load_dataset("binarized-mnist")
+        return ds.train, ds.test
     except Exception:
-        return (torch.rand(50000, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
+        gen = torch.Generator().manual_seed(0)
+        return tuple((torch.rand(n, 784, generator=gen) < 0.13).float() for n in (50000, 10000))
+
+
+@pytest.fixture(scope="session")
+def train_images(mnist) -> torch.Tensor:
+    return mnist[0]
+
+
+@pytest.fixture(scope="session")
+def iw_test_images(mnist) -> torch.Tensor:
+    """512 test images, a seeded random subset (the test file is sorted by digit)."""
+    idx = torch.randperm(mnist[1].shape[0], generator=torch.Generator().manual_seed(0))[:512]
+    return mnist[1][idx]
 
 
 def record(benchmark, case: str, side: str, examples_per_call: int) -> None:

@@ -83,9 +83,9 @@ def test_train_step_seed000_arch(benchmark, train_images, family):
 
 
 @pytest.mark.parametrize("side", ["ours", "baseline"])
-def test_iw_log_px_k1000(benchmark, train_images, side):
+def test_iw_log_px_k1000(benchmark, iw_test_images, side):
     torch.manual_seed(0)
-    x = train_images[:512]
+    x = iw_test_images
     if side == "ours":
         model = build_vae(REFERENCE)
         fn = lambda: model.iw_log_px(x, k=1000)  # noqa: E731
