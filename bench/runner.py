@@ -102,8 +102,6 @@ def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
             test = run.test()
             row.update(test_elbo=test["elbo"], test_iw_log_px=test["iw_log_px"],
                        test_reconstruction=test["reconstruction"], test_kl=test["kl"])
-    except KeyboardInterrupt:
-        raise
     except DataError as err:
         row["error"] = str(err)
     except Exception as err:  # a run's failure is recorded; the grid goes on

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 import bench.train
 from bench.cli import app
-from bench.errors import UserError
 from bench.gridfile import load_grid, parse_grid
 from bench.runner import RunTask, eval_subset, execute_run
 from bench.storage import ResultsLayout, atomic_write
@@ -270,7 +269,3 @@ def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch
     monkeypatch.undo()
     assert run_cli(grid, results, data_dir).exit_code == 0  # failed runs are retried
     assert set(pd.read_parquet(results / "runs")["status"]) == {"completed"}
-
-
-def test_userror_type_is_what_the_cli_maps_to_exit_2():
-    assert issubclass(UserError, Exception)
