@@ -7,14 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from bench.optim import OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
-
-OPTIMIZERS = ("adam", "adamax", "rmsprop-centered", "sgd")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = choice("adam", OPTIMIZERS)
+    optimizer: str = choice("adam", tuple(OPTIMIZERS))
     lr: float = 1e-3
     batch_size: int = 128
     max_steps: int = 10000

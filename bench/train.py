@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from bench.config import RunConfig
+from bench.optim import flatten_parameters, make_optimizer
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
 from vae_core.data import binarize
@@ -35,18 +36,6 @@ class RunData:
     digest: str
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-    if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, foreach=True)
-    if name == "rmsprop-centered":
-        return torch.optim.RMSprop(params, lr=lr, centered=True, foreach=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, foreach=True)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
 def kl_weight(step: int, warmup_steps: int) -> float:
     """Linear KL warm-up: 0 -> 1 over `warmup_steps` (1 throughout when 0)."""
     return min(1.0, step / warmup_steps) if warmup_steps else 1.0
@@ -60,10 +49,11 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor
     """
     reconstruction, kl = model.elbo_terms(batch, 1, generator)  # [B], [B]
     loss = -(reconstruction - beta * kl).mean()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=False)  # in place: gradients may live in a flat buffer (bench.optim)
     loss.backward()
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     optimizer.step()
     return reconstruction.detach().sum(), kl.detach().sum()
 
@@ -105,7 +95,7 @@ class Run:
         t = cfg.train
         torch.manual_seed(t.seed)
         self.model = build_vae(cfg.model).to(device)
-        self.optimizer = make_optimizer(t.optimizer, self.model.parameters(), t.lr)
+        self.optimizer = make_optimizer(t.optimizer, [flatten_parameters(self.model)], t.lr)
         self.gen_noise = torch.Generator(device=device).manual_seed(t.seed)
         self.gen_data = torch.Generator(device=device).manual_seed(t.seed + 1_000_003)
         self.step, self.pos = 0, 0

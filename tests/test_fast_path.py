@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal
 
-from bench.train import make_optimizer, train_step
+from bench.optim import OPTIMIZERS, flatten_parameters, is_flat, make_optimizer
+from bench.train import train_step
 from vae_core import build_vae
 
 
@@ -53,3 +54,44 @@ def test_foreach_optimizer_step_equals_plain_step():
             train_step(b, opt_b, x, torch.Generator().manual_seed(1))
         for pa, pb in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+
+
+def twin_models(config: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    a, b = build_vae(config).double(), build_vae(config).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_flatten_parameters_keeps_values_and_shares_storage():
+    a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "flow"})
+    flat = flatten_parameters(b)
+    assert is_flat(b, flat) and flat.numel() == sum(p.numel() for p in a.parameters())
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0, msg=name)
+    with torch.no_grad():
+        flat.add_(1.0)
+    assert all(torch.equal(pa + 1.0, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    b.float()  # a cast re-homes the parameters: the check must notice
+    assert not is_flat(b, flat)
+
+
+def test_flat_optimizer_trains_exactly_like_per_tensor_optimizer():
+    """Every optimizer over the one flat buffer moves every parameter as the per-tensor optimizer does,
+    including gradient clipping (which then sees the global norm over the same numbers)."""
+    x = (torch.rand(16, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) < 0.3).double()
+    for name in OPTIMIZERS:
+        a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "mog"})
+        opt_a = make_optimizer(name, a.parameters(), 1e-2)
+        flat = flatten_parameters(b)
+        opt_b = make_optimizer(name, [flat], 1e-2)
+        ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        for step in range(4):
+            out_a = train_step(a, opt_a, x, ga, beta=0.5, grad_clip=5.0)
+            out_b = train_step(b, opt_b, x, gb, beta=0.5, grad_clip=5.0)
+            torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-9)
+        assert is_flat(b, flat)
+        for (pname, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12, msg=f"{name}: {pname}")
+        assert not torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in twin_models(
+            {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "mog"})[0].parameters()])), "no update"

@@ -1,5 +1,6 @@
-"""Posterior families q(z|x). Each turns the encoder's output (loc, scale, context) into k reparameterized
-samples and their log-density: `rsample(...) -> (z [k, B, D], log_q [k, B])`.
+"""Posterior families q(z|x). Each turns the encoder's output (loc, scale, context) and standard-normal noise
+into reparameterized samples and their log-density: `from_noise(loc, scale, context, eps [k, B, D]) ->
+(z [k, B, D], log_q [k, B])`; `rsample(..., k, generator)` draws the noise and calls it.
 
 Every family starts from the encoder's diagonal Gaussian; flows then push its samples forward and subtract
 their log-determinants (see `vae_core.flows` for the convention). A family declares how many extra encoder
@@ -16,43 +17,72 @@ from vae_core.distributions import std_normal_log_prob
 from vae_core.flows import IAFStep, alternating_orders, planar
 
 
-def gaussian_rsample(loc: torch.Tensor, scale: torch.Tensor, k: int,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = loc + scale * eps for k draws: loc, scale [B, D] -> (z [k, B, D], log N(z; loc, scale) [k, B]).
+def standard_normal(k: int, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k draws of N(0, I) shaped like `like` [B, D] -> [k, B, D], on its device and dtype.
 
-    The k draws are made one [B, D] block at a time: torch's vectorized `randn` gives different numbers for
+    The draws are made one [B, D] block at a time: torch's vectorized `randn` gives different numbers for
     one [k1 + k2, ...] call than for a [k1, ...] call followed by a [k2, ...] call, so drawing per sample is
     what makes `VAE.iw_log_px` independent of its `chunk` size for a given generator seed.
     """
-    eps = torch.stack([torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-                       for _ in range(k)])  # [k, B, D]
+    def draw(shape):
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    if k == 1:
+        return draw((1, *like.shape))
+    return torch.stack([draw(like.shape) for _ in range(k)])
+
+
+def gaussian_from_noise(loc: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = loc + scale * eps: loc, scale [B, D], eps [k, B, D] -> (z [k, B, D], log N(z; loc, scale) [k, B])."""
     return loc + scale * eps, std_normal_log_prob(eps) - scale.log().sum(-1)
 
 
-class MeanFieldPosterior(nn.Module):
-    """Diagonal Gaussian q(z|x) = N(loc, diag(scale^2))."""
+class Posterior(nn.Module):
+    """Base of every family: `from_noise` maps standard-normal noise to (z, log_q); `rsample` draws the noise.
+
+    Keeping the noise an argument lets a compiled or stacked training step take it as an input (random
+    generators do not trace) while the numbers stay those of `rsample` with the same generator.
+    """
 
     context_dim = 0
+
+    def from_noise(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor, eps: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc, scale [B, D], context [B, C], eps [k, B, D] -> (z [k, B, D], log q(z|x) [k, B])."""
+        raise NotImplementedError
+
+    def rsample(self, loc, scale, context, k, generator=None):
+        """k reparameterized samples: (z [k, B, D], log q(z|x) [k, B])."""
+        return self.from_noise(loc, scale, context, standard_normal(k, loc, generator))
+
+    def center(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The posterior's centre [B, D] (used for reconstructions and latent codes)."""
+        raise NotImplementedError
+
+
+class MeanFieldPosterior(Posterior):
+    """Diagonal Gaussian q(z|x) = N(loc, diag(scale^2))."""
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "MeanFieldPosterior":
         return cls()
 
-    def rsample(self, loc, scale, context, k, generator=None):
-        return gaussian_rsample(loc, scale, k, generator)
+    def from_noise(self, loc, scale, context, eps):
+        return gaussian_from_noise(loc, scale, eps)
 
     def center(self, loc, scale, context):
         return loc
 
 
-class FlowPosterior(nn.Module):
+class FlowPosterior(Posterior):
     """The encoder's Gaussian pushed through `self.flow(z, context) -> (z', log|det|)`; subclasses define flow."""
 
     def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def rsample(self, loc, scale, context, k, generator=None):
-        z, log_q = gaussian_rsample(loc, scale, k, generator)
+    def from_noise(self, loc, scale, context, eps):
+        z, log_q = gaussian_from_noise(loc, scale, eps)
         z, log_abs_det = self.flow(z, context)
         return z, log_q - log_abs_det
 
@@ -103,7 +133,7 @@ class PlanarPosterior(FlowPosterior):
         return z, total
 
 
-POSTERIORS: dict[str, type[nn.Module]] = {
+POSTERIORS: dict[str, type[Posterior]] = {
     "mean-field": MeanFieldPosterior,
     "iaf": IAFPosterior,
     "planar": PlanarPosterior,

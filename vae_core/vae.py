@@ -13,7 +13,7 @@ from vae_core.config import ConfigError, ModelConfig, to_dict
 from vae_core.distributions import bernoulli_log_prob, kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
 from vae_core.nets import Decoder, Encoder
-from vae_core.posteriors import POSTERIORS
+from vae_core.posteriors import POSTERIORS, standard_normal
 from vae_core.priors import PRIORS
 
 CHECKPOINT_FORMAT = "vaebench-vae/1"
@@ -32,6 +32,10 @@ class VAE(nn.Module):
         self.decoder = Decoder(config)
         self.prior = PRIORS[config.prior].from_config(config, self.encoder)
 
+    def noise(self, k: int, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The standard-normal noise [k, B, D] behind k posterior samples for each row of x [B, P]."""
+        return standard_normal(k, x.new_empty(x.shape[0], self.config.latent_dim), generator)
+
     def log_weights(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, P] -> (log p(x|z), log p(z), log q(z|x)), each [k, B], for z ~ q(z|x)."""
@@ -41,12 +45,16 @@ class VAE(nn.Module):
 
     def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction [B], kl [B]) with ELBO = reconstruction - kl; both averaged over k samples.
+        """(reconstruction [B], kl [B]) with ELBO = reconstruction - kl; both averaged over k samples."""
+        return self.elbo_terms_from_noise(x, self.noise(k, x, generator))
+
+    def elbo_terms_from_noise(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`elbo_terms` for given noise eps [k, B, D] (a pure function of its inputs: compilable).
 
         kl = "mc": E_q[log q - log p]; "analytic": closed form (mean-field posterior, standard prior).
         """
         loc, scale, context = self.encoder(x)
-        z, log_q = self.posterior.rsample(loc, scale, context, k, generator)
+        z, log_q = self.posterior.from_noise(loc, scale, context, eps)
         reconstruction = bernoulli_log_prob(x, self.decoder(z)).mean(0)
         if self.config.kl == "analytic":
             kl = kl_normal_std_normal(loc, scale)
@@ -71,7 +79,8 @@ class VAE(nn.Module):
 
         def chunks():
             for start in range(0, k, chunk):
-                z, log_q = self.posterior.rsample(loc, scale, context, min(chunk, k - start), generator)
+                eps = standard_normal(min(chunk, k - start), loc, generator)  # [c, B, D]
+                z, log_q = self.posterior.from_noise(loc, scale, context, eps)
                 yield bernoulli_log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - log_q  # [c, B]
 
         return streaming_iw_bound(chunks())

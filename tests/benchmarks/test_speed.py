@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.train import make_optimizer, train_step
+from bench.optim import flatten_parameters, make_optimizer
+from bench.train import train_step
 from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
                                        baseline_train_step)
 from tests.benchmarks.conftest import record
@@ -28,7 +29,7 @@ FAMILIES = {
 
 def our_block(model, images: torch.Tensor):
     """STEPS steps the way the runner trains: resident data, index slices of a permutation."""
-    optimizer = make_optimizer("rmsprop-centered", model.parameters(), 1e-3)
+    optimizer = make_optimizer("rmsprop-centered", [flatten_parameters(model)], 1e-3)
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(images.shape[0], generator=gen)
 
