@@ -112,7 +112,9 @@ def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
                    val_iw_log_px=run.best["iw_log_px"], train_seconds=run.train_seconds,
                    eval_seconds=run.eval_seconds,
                    train_examples_per_s=run.step * cfg.train.batch_size / run.train_seconds
-                   if run.train_seconds else math.nan)
+                   if run.train_seconds else math.nan,
+                   compiled=run.fns.compiled, compile_error=run.compile_error,
+                   compile_seconds=run.compile_seconds)
     row = result_row(cfg, row, device, started, time.perf_counter() - wall0, task.threads)
     write_parquet(pd.DataFrame([row]), layout.run(cfg.run_id))
     return row
@@ -130,7 +132,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         "prior": m.prior, "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,
         "seed": t.seed, "optimizer": t.optimizer, "batch_size": t.batch_size, "max_steps": t.max_steps,
         **{c: math.nan for c in nan_cols},
-        "iw_samples": cfg.eval.iw_samples, "data_digest": "",
+        "iw_samples": cfg.eval.iw_samples, "data_digest": "", "compiled": False, "compile_error": "", "compile_seconds": 0.0,
         **figures,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -41,20 +41,45 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     return min(1.0, step / warmup_steps) if warmup_steps else 1.0
 
 
+@dataclass(frozen=True)
+class StepFunctions:
+    """The two pieces of a training step worth compiling: the ELBO terms for given noise, and the optimizer
+    update. `EAGER` runs them as written; `compiled(optimizer)` wraps both in `torch.compile`."""
+
+    elbo_terms: Callable[[VAE, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    optimizer_step: Callable[[torch.optim.Optimizer], object]
+    compiled: bool
+
+    @staticmethod
+    def compile() -> "StepFunctions":
+        return StepFunctions(torch.compile(VAE.elbo_terms_from_noise, dynamic=False),
+                             torch.compile(optimizer_step, dynamic=False), compiled=True)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    optimizer.step()
+
+
+EAGER = StepFunctions(VAE.elbo_terms_from_noise, optimizer_step, compiled=False)
+
+
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, generator: torch.Generator,
-               beta: float = 1.0, grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               beta: float = 1.0, grad_clip: float = 0.0, fns: StepFunctions = EAGER
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on -(reconstruction - beta * kl), averaged over the batch.
 
+    The noise is drawn here, outside `fns`, so eager and compiled steps consume the generator identically.
     Returns the batch sums (reconstruction, kl), detached, left on the device.
     """
-    reconstruction, kl = model.elbo_terms(batch, 1, generator)  # [B], [B]
+    eps = model.noise(1, batch, generator)  # [1, B, D]
+    reconstruction, kl = fns.elbo_terms(model, batch, eps)  # [B], [B]
     loss = -(reconstruction - beta * kl).mean()
     optimizer.zero_grad(set_to_none=False)  # in place: gradients may live in a flat buffer (bench.optim)
     loss.backward()
     if grad_clip:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    optimizer.step()
+    fns.optimizer_step(optimizer)
     return reconstruction.detach().sum(), kl.detach().sum()
 
 
@@ -96,6 +121,10 @@ class Run:
         torch.manual_seed(t.seed)
         self.model = build_vae(cfg.model).to(device)
         self.optimizer = make_optimizer(t.optimizer, [flatten_parameters(self.model)], t.lr)
+        if t.compile:
+            torch._dynamo.reset()  # one run's guards must not pile up towards dynamo's recompile limit
+        self.fns = StepFunctions.compile() if t.compile else EAGER
+        self.compile_error, self.compile_checked, self.compile_seconds = "", False, 0.0
         self.gen_noise = torch.Generator(device=device).manual_seed(t.seed)
         self.gen_data = torch.Generator(device=device).manual_seed(t.seed + 1_000_003)
         self.step, self.pos = 0, 0
@@ -148,6 +177,23 @@ class Run:
             return False
         return True
 
+    def _train_step(self, batch: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """`train_step` with this run's functions; a compile failure (first call) falls back to eager."""
+        args = (self.model, self.optimizer, batch, self.gen_noise, beta, self.cfg.train.grad_clip)
+        if not self.fns.compiled or self.compile_checked:
+            return train_step(*args, fns=self.fns)
+        noise_state, t0 = self.gen_noise.get_state(), time.perf_counter()
+        try:
+            out = train_step(*args, fns=self.fns)
+        except Exception as err:  # e.g. no C++ compiler for inductor: record why, train eagerly
+            self.compile_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            self.fns = EAGER
+            self.gen_noise.set_state(noise_state)
+            return train_step(*args, fns=self.fns)
+        self.compile_checked = True
+        self.compile_seconds = time.perf_counter() - t0
+        return out
+
     # -- the loop ---------------------------------------------------------------------------------------
     def _evaluate_valid(self, interval: dict) -> bool:
         """Record validation (and the training interval's averages); returns True if patience ran out."""
@@ -186,8 +232,10 @@ class Run:
         t0 = time.perf_counter()
         while self.step < t.max_steps:
             batch = self._next_batch()
-            rec, kl = train_step(self.model, self.optimizer, batch, self.gen_noise,
-                                 kl_weight(self.step, t.kl_warmup_steps), t.grad_clip)
+            compiling = self.fns.compiled and not self.compile_checked
+            rec, kl = self._train_step(batch, kl_weight(self.step, t.kl_warmup_steps))
+            if compiling:  # compilation is not training throughput
+                t0 += self.compile_seconds
             self.step += 1
             ok = torch.isfinite(rec) & torch.isfinite(kl)
             first_bad = torch.where(finite & ~ok, self.step, first_bad)

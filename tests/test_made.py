@@ -168,5 +168,5 @@ def test_helper_detects_an_under_masked_network():
 def test_helper_detects_a_context_blind_output():
     made, order = minimal_made(context_dim=3)
     with torch.no_grad():
-        made.context_out.weight[0].zero_()  # output 0 has degree 1: no hidden unit reaches it
+        made.context.weight[made.hidden].zero_()  # output 0 has degree 1: no hidden unit reaches it
     assert check_made(made, order, 3)[2] == [(0, 0)]

@@ -239,9 +239,10 @@ def test_divergence_is_recorded_with_first_bad_step_and_grid_goes_on(small_grid,
     real_step = bench.train.train_step
     calls = {"n": 0}
 
-    def step_goes_nan_in_first_run(model, optimizer, batch, generator, beta=1.0, grad_clip=0.0):
+    def step_goes_nan_in_first_run(model, optimizer, batch, generator, beta=1.0, grad_clip=0.0,
+                                   fns=bench.train.EAGER):
         calls["n"] += 1
-        rec, kl = real_step(model, optimizer, batch, generator, beta, grad_clip)
+        rec, kl = real_step(model, optimizer, batch, generator, beta, grad_clip, fns)
         if model.config.posterior == "mean-field" and calls["n"] >= 5:
             return rec * math.nan, kl
         return rec, kl
@@ -269,3 +270,33 @@ def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch
     monkeypatch.undo()
     assert run_cli(grid, results, data_dir).exit_code == 0  # failed runs are retried
     assert set(pd.read_parquet(results / "runs")["status"]) == {"completed"}
+
+
+def test_compiled_run_records_its_flags_and_matches_eager(small_grid, tmp_path):
+    grid, _, data_dir = small_grid
+    eager = execute_run(_task(grid, tmp_path / "eager", data_dir))
+    compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
+    compiled = execute_run(_task(compiled_grid, tmp_path / "compiled", data_dir))
+    assert compiled["status"] == "completed", compiled.get("traceback")
+    assert compiled["compiled"] and compiled["train.compile"] and compiled["compile_error"] == ""
+    assert compiled["compile_seconds"] > 0 and not eager["compiled"] and eager["compile_seconds"] == 0
+    for key in ("val_elbo", "test_elbo", "test_iw_log_px"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-4), key
+
+
+def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, tmp_path, monkeypatch):
+    grid, _, data_dir = small_grid
+    eager = execute_run(_task(grid, tmp_path / "eager", data_dir))
+
+    def broken_compile():
+        def fail(*args):
+            raise RuntimeError("inductor: no working C++ compiler\nsecond line")
+        return bench.train.StepFunctions(fail, fail, compiled=True)
+
+    monkeypatch.setattr(bench.train.StepFunctions, "compile", staticmethod(broken_compile))
+    compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
+    row = execute_run(_task(compiled_grid, tmp_path / "fallback", data_dir))
+    assert row["status"] == "completed" and not row["compiled"]
+    assert row["compile_error"] == "RuntimeError: inductor: no working C++ compiler"
+    for key in ("val_elbo", "test_elbo", "test_iw_log_px"):  # the failed attempt consumed no noise
+        assert row[key] == eager[key], key

@@ -52,8 +52,9 @@ class MADE(nn.Module):
             nn.init.uniform_(self.layers[0].bias, -1.0, 1.0)
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.float(), persistent=False)
-        self.context_in = nn.Linear(context_dim, hidden, bias=False) if context_dim else None
-        self.context_out = nn.Linear(context_dim, n_params * dim, bias=False) if context_dim else None
+        self.hidden = hidden
+        # one matmul for both context paths: rows [:hidden] feed the first hidden layer, the rest every output
+        self.context = nn.Linear(context_dim, hidden + n_params * dim, bias=False) if context_dim else None
 
     def masks(self) -> list[torch.Tensor]:
         return [getattr(self, f"mask{i}") for i in range(len(self.layers))]
@@ -61,12 +62,15 @@ class MADE(nn.Module):
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """z [..., D], context [..., C] broadcastable to z's batch dims -> n_params x [..., D]."""
         h = z[..., : self.n_inputs]
+        if self.context is not None:
+            context_in, context_out = self.context(context).split([self.hidden, self.context.out_features
+                                                                   - self.hidden], dim=-1)
         for i, (layer, mask) in enumerate(zip(self.layers, self.masks())):
             h = F.linear(h, layer.weight * mask, layer.bias)
-            if i == 0 and self.context_in is not None:
-                h = h + self.context_in(context)
+            if i == 0 and self.context is not None:
+                h = h + context_in
             if i < len(self.layers) - 1:
                 h = F.elu(h)
-        if self.context_out is not None:
-            h = h + self.context_out(context)
+        if self.context is not None:
+            h = h + context_out
         return h.chunk(self.n_params, dim=-1)

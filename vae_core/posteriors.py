@@ -91,7 +91,10 @@ class FlowPosterior(Posterior):
 
 
 class IAFPosterior(FlowPosterior):
-    """Gaussian followed by `steps` IAF steps conditioned on the encoder context h, orderings alternating."""
+    """Gaussian followed by `steps` IAF steps conditioned on the encoder context h, orderings alternating.
+
+    h has latent_dim units (the reference protocol's encoder emits loc, scale and h, 3 x latent_dim).
+    """
 
     def __init__(self, dim: int, steps: int, hidden: int, context_dim: int):
         super().__init__()
@@ -101,7 +104,7 @@ class IAFPosterior(FlowPosterior):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "IAFPosterior":
-        return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.made_hidden, context_dim=cfg.made_hidden)
+        return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.made_hidden, context_dim=cfg.latent_dim)
 
     def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z [..., B, D], context [B, C] -> (f(z), sum of log|det| [..., B])."""
