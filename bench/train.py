@@ -20,6 +20,7 @@ from bench.config import RunConfig
 from bench.optim import flatten_parameters, make_optimizer
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
+from vae_core.vae import LogWeightFn
 from vae_core.data import binarize
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, train ELBO, examples/s)
@@ -42,29 +43,31 @@ def kl_weight(step: int, warmup_steps: int) -> float:
 
 
 @dataclass(frozen=True)
-class StepFunctions:
-    """The two pieces of a training step worth compiling: the ELBO terms for given noise, and the optimizer
-    update. `EAGER` runs them as written; `compiled(optimizer)` wraps both in `torch.compile`."""
+class RunFunctions:
+    """The pieces of a run worth compiling: the ELBO terms for given noise, the optimizer update, and one IW
+    chunk's log-weights. `EAGER` runs them as written; `compile()` wraps each in `torch.compile`."""
 
     elbo_terms: Callable[[VAE, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     optimizer_step: Callable[[torch.optim.Optimizer], object]
+    log_weight: LogWeightFn
     compiled: bool
 
     @staticmethod
-    def compile() -> "StepFunctions":
-        return StepFunctions(torch.compile(VAE.elbo_terms_from_noise, dynamic=False),
-                             torch.compile(optimizer_step, dynamic=False), compiled=True)
+    def compile() -> "RunFunctions":
+        return RunFunctions(torch.compile(VAE.elbo_terms_from_noise, dynamic=False),
+                             torch.compile(optimizer_step, dynamic=False),
+                             torch.compile(VAE.log_weight, dynamic=False), compiled=True)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     optimizer.step()
 
 
-EAGER = StepFunctions(VAE.elbo_terms_from_noise, optimizer_step, compiled=False)
+EAGER = RunFunctions(VAE.elbo_terms_from_noise, optimizer_step, VAE.log_weight, compiled=False)
 
 
 def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, generator: torch.Generator,
-               beta: float = 1.0, grad_clip: float = 0.0, fns: StepFunctions = EAGER
+               beta: float = 1.0, grad_clip: float = 0.0, fns: RunFunctions = EAGER
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step on -(reconstruction - beta * kl), averaged over the batch.
 
@@ -85,7 +88,7 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor
 
 @torch.no_grad()
 def evaluate(model: VAE, x: torch.Tensor, elbo_samples: int, iw_samples: int, batch_size: int,
-             seed: int) -> dict[str, float]:
+             seed: int, log_weight: LogWeightFn | None = None) -> dict[str, float]:
     """Mean ELBO, its terms and (iw_samples > 0) the IW log p(x) over the rows of x, in nats per image."""
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -96,7 +99,7 @@ def evaluate(model: VAE, x: torch.Tensor, elbo_samples: int, iw_samples: int, ba
         sums["reconstruction"] += reconstruction.sum().item()
         sums["kl"] += kl.sum().item()
         if iw_samples:
-            sums["iw_log_px"] += model.iw_log_px(xb, iw_samples, generator=gen).sum().item()
+            sums["iw_log_px"] += model.iw_log_px(xb, iw_samples, generator=gen, log_weight=log_weight).sum().item()
     model.train()
     out = {k: v / x.shape[0] for k, v in sums.items()}
     out["elbo"] = out["reconstruction"] - out["kl"]
@@ -123,7 +126,7 @@ class Run:
         self.optimizer = make_optimizer(t.optimizer, [flatten_parameters(self.model)], t.lr)
         if t.compile:
             torch._dynamo.reset()  # one run's guards must not pile up towards dynamo's recompile limit
-        self.fns = StepFunctions.compile() if t.compile else EAGER
+        self.fns = RunFunctions.compile() if t.compile else EAGER
         self.compile_error, self.compile_checked, self.compile_seconds = "", False, 0.0
         self.gen_noise = torch.Generator(device=device).manual_seed(t.seed)
         self.gen_data = torch.Generator(device=device).manual_seed(t.seed + 1_000_003)
@@ -200,7 +203,7 @@ class Run:
         t0 = time.perf_counter()
         ev, e = self.cfg.eval, self.cfg
         figures = evaluate(self.model, self.data.valid, ev.elbo_samples, ev.valid_iw_samples,
-                           e.data.eval_batch_size, seed=e.train.seed + 17)
+                           e.data.eval_batch_size, seed=e.train.seed + 17, log_weight=self.fns.log_weight)
         self.eval_seconds += time.perf_counter() - t0
         ex_per_s = self.step * e.train.batch_size / max(self.train_seconds, 1e-9)
         common = {"run_id": e.run_id, "step": self.step, "train_examples_per_s": ex_per_s,
@@ -272,6 +275,7 @@ class Run:
         t0 = time.perf_counter()
         ev = self.cfg.eval
         figures = evaluate(self.model, self.data.test, ev.elbo_samples, ev.iw_samples,
-                           self.cfg.data.eval_batch_size, seed=self.cfg.train.seed + 29)
+                           self.cfg.data.eval_batch_size, seed=self.cfg.train.seed + 29,
+                           log_weight=self.fns.log_weight)
         self.eval_seconds += time.perf_counter() - t0
         return figures

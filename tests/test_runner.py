@@ -291,9 +291,9 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
     def broken_compile():
         def fail(*args):
             raise RuntimeError("inductor: no working C++ compiler\nsecond line")
-        return bench.train.StepFunctions(fail, fail, compiled=True)
+        return bench.train.RunFunctions(fail, fail, fail, compiled=True)
 
-    monkeypatch.setattr(bench.train.StepFunctions, "compile", staticmethod(broken_compile))
+    monkeypatch.setattr(bench.train.RunFunctions, "compile", staticmethod(broken_compile))
     compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
     row = execute_run(_task(compiled_grid, tmp_path / "fallback", data_dir))
     assert row["status"] == "completed" and not row["compiled"]

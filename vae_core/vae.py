@@ -4,7 +4,7 @@ into per-pair classes). Estimators are in nats per input; the config travels wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,9 @@ from vae_core.posteriors import POSTERIORS, standard_normal
 from vae_core.priors import PRIORS
 
 CHECKPOINT_FORMAT = "vaebench-vae/1"
+
+
+LogWeightFn = Callable[["VAE", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class CheckpointError(ValueError):
@@ -69,8 +72,12 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def iw_log_px(self, x: torch.Tensor, k: int = 1000, chunk: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Importance-weighted log p(x) bound with k samples, [B] nats, drawn `chunk` samples at a time."""
+                  generator: torch.Generator | None = None, log_weight: LogWeightFn | None = None) -> torch.Tensor:
+        """Importance-weighted log p(x) bound with k samples, [B] nats, drawn `chunk` samples at a time.
+
+        `log_weight` computes one chunk's log-weights (default `VAE.log_weight`; pass a compiled one).
+        """
+        log_weight = log_weight or VAE.log_weight
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         loc, scale, context = self.encoder(x)
@@ -80,10 +87,15 @@ class VAE(nn.Module):
         def chunks():
             for start in range(0, k, chunk):
                 eps = standard_normal(min(chunk, k - start), loc, generator)  # [c, B, D]
-                z, log_q = self.posterior.from_noise(loc, scale, context, eps)
-                yield bernoulli_log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - log_q  # [c, B]
+                yield log_weight(self, x, loc, scale, context, eps)  # [c, B]
 
         return streaming_iw_bound(chunks())
+
+    def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
+                   eps: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) - log q(z|x) [k, B] for z = q's map of noise eps [k, B, D], given the encoder's outputs."""
+        z, log_q = self.posterior.from_noise(loc, scale, context, eps)
+        return bernoulli_log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - log_q
 
     @torch.no_grad()
     def latent_code(self, x: torch.Tensor) -> torch.Tensor:

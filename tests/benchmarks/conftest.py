@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-SPEEDS: dict[tuple[str, str], dict[str, float]] = {}  # (case, "ours"|"baseline") -> examples/s
+SPEEDS: dict[tuple[str, str], float] = {}  # (case, "ours" | "ours-compiled" | "baseline") -> examples/s
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +44,9 @@ def record(benchmark, case: str, side: str, examples_per_call: int) -> None:
     SPEEDS[(case, side)] = per_s
     benchmark.extra_info.update(examples_per_s=round(per_s), torch_version=torch.__version__,
                                 torch_threads=torch.get_num_threads(), device="cpu")
-    other = SPEEDS.get((case, "baseline" if side == "ours" else "ours"))
-    if other:
-        ratio = per_s / other if side == "ours" else other / per_s
-        benchmark.extra_info["ours_over_baseline"] = round(ratio, 2)
+    base = SPEEDS.get((case, "baseline"))
+    if side != "baseline" and base:
+        benchmark.extra_info["ours_over_baseline"] = round(per_s / base, 2)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -63,8 +62,11 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("examples/s: ours vs. plain baseline (same run, same threads)")
-    tr.write_line(f"{'case':44s} {'ours':>10s} {'baseline':>10s} {'ratio':>7s}")
+    tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    tr.write_line(f"{'case':44s} {'ours':>9s} {'compiled':>9s} {'baseline':>9s} {'ratio':>6s} {'ratio c':>7s}")
     for case in cases:
-        ours, base = SPEEDS.get((case, "ours")), SPEEDS.get((case, "baseline"))
-        ratio = f"{ours / base:7.2f}" if ours and base else "      -"
-        tr.write_line(f"{case:44s} {ours or 0:10.0f} {base or 0:10.0f} {ratio}")
+        ours, comp, base = (SPEEDS.get((case, side)) for side in ("ours", "ours-compiled", "baseline"))
+        fig = lambda v: f"{v:9.0f}" if v else "        -"  # noqa: E731
+        ratio = lambda v, w: f"{v / w:.2f}" if v and w else "-"  # noqa: E731
+        tr.write_line(f"{case:44s} {fig(ours)} {fig(comp)} {fig(base)} {ratio(ours, base):>6s} "
+                      f"{ratio(comp, base):>7s}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.optim import flatten_parameters, make_optimizer
-from bench.train import train_step
+from bench.train import EAGER, RunFunctions, train_step
 from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
                                        baseline_train_step)
 from tests.benchmarks.conftest import record
@@ -27,17 +27,21 @@ FAMILIES = {
 }
 
 
-def our_block(model, images: torch.Tensor):
-    """STEPS steps the way the runner trains: resident data, index slices of a permutation."""
+def our_block(model, images: torch.Tensor, compiled: bool):
+    """STEPS steps the way the runner trains: resident data, index slices of a permutation, flat parameters,
+    optionally compiled (the shipped grids' setting; compilation happens in the untimed warm-up)."""
     optimizer = make_optimizer("rmsprop-centered", [flatten_parameters(model)], 1e-3)
+    if compiled:
+        torch._dynamo.reset()
+    fns = RunFunctions.compile() if compiled else EAGER
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(images.shape[0], generator=gen)
 
     def block():
         for i in range(STEPS):
-            train_step(model, optimizer, images[perm[i * BATCH:(i + 1) * BATCH]], gen)
+            train_step(model, optimizer, images[perm[i * BATCH:(i + 1) * BATCH]], gen, fns=fns)
 
-    block()  # warm-up (allocator, optimizer state)
+    block()  # warm-up (compilation, allocator, optimizer state)
     return block
 
 
@@ -61,11 +65,13 @@ def run(benchmark, fn, case: str, side: str, examples: int, rounds: int = 5) -> 
     record(benchmark, case, side, examples)
 
 
+@pytest.mark.parametrize("side", ["ours", "ours-compiled"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_train_step_reference_arch(benchmark, train_images, family):
+def test_train_step_reference_arch(benchmark, train_images, family, side):
     torch.manual_seed(0)
     model = build_vae({**REFERENCE, **FAMILIES[family]})
-    run(benchmark, our_block(model, train_images), f"train ref 784-256-256 z128 {family}", "ours", STEPS * BATCH)
+    run(benchmark, our_block(model, train_images, side == "ours-compiled"), f"train ref 784-256-256 z128 {family}",
+        side, STEPS * BATCH)
 
 
 @pytest.mark.parametrize("family", ["mean-field", "iaf"])
@@ -76,20 +82,25 @@ def test_train_step_reference_arch_baseline(benchmark, train_images, family):
         STEPS * BATCH)
 
 
+@pytest.mark.parametrize("side", ["ours", "ours-compiled"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_train_step_seed000_arch(benchmark, train_images, family):
+def test_train_step_seed000_arch(benchmark, train_images, family, side):
     torch.manual_seed(0)
     model = build_vae({**SEED000, **FAMILIES[family]})
-    run(benchmark, our_block(model, train_images), f"train seed000 784-512 z32 {family}", "ours", STEPS * BATCH)
+    run(benchmark, our_block(model, train_images, side == "ours-compiled"), f"train seed000 784-512 z32 {family}",
+        side, STEPS * BATCH)
 
 
-@pytest.mark.parametrize("side", ["ours", "baseline"])
+@pytest.mark.parametrize("side", ["ours", "ours-compiled", "baseline"])
 def test_iw_log_px_k1000(benchmark, iw_test_images, side):
     torch.manual_seed(0)
     x = iw_test_images
-    if side == "ours":
+    if side != "baseline":
         model = build_vae(REFERENCE)
-        fn = lambda: model.iw_log_px(x, k=1000)  # noqa: E731
+        torch._dynamo.reset()
+        fns = RunFunctions.compile() if side == "ours-compiled" else EAGER
+        fn = lambda: model.iw_log_px(x, k=1000, log_weight=fns.log_weight)  # noqa: E731
+        fn()  # warm-up (compilation)
     else:
         model = BaselineVAE(iaf=False)
         fn = lambda: baseline_iw_log_px(model, x, k=1000)  # noqa: E731
