@@ -35,11 +35,16 @@ def our_block(model, images: torch.Tensor, compiled: bool):
         torch._dynamo.reset()
     fns = RunFunctions.compile() if compiled else EAGER
     gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(images.shape[0], generator=gen)
+    batches_per_epoch = images.shape[0] // BATCH
+    state = {"perm": torch.randperm(images.shape[0], generator=gen), "next": 0}
 
-    def block():
-        for i in range(STEPS):
-            train_step(model, optimizer, images[perm[i * BATCH:(i + 1) * BATCH]], gen, fns=fns)
+    def block():  # each call continues through the epoch (fresh rows, as the runner and the DataLoader see)
+        for _ in range(STEPS):
+            if state["next"] == batches_per_epoch:
+                state["perm"], state["next"] = torch.randperm(images.shape[0], generator=gen), 0
+            i = state["next"]
+            train_step(model, optimizer, images[state["perm"][i * BATCH:(i + 1) * BATCH]], gen, fns=fns)
+            state["next"] += 1
 
     block()  # warm-up (compilation, allocator, optimizer state)
     return block
