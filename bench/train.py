@@ -1,7 +1,6 @@
 """One run: train with periodic validation, keep the best-on-validation checkpoint, evaluate it on test.
 
-`train_step` is a plain function of (model, optimizer, batch, generator): the unit a later stacked
-(torch.func) or remote executor reuses. Non-finite losses are detected on the device and checked only
+The step itself is `bench.step.train_step`. Non-finite losses are detected on the device and checked only
 every `train.check_every` steps, so the loop makes no host sync per step.
 """
 
@@ -18,6 +17,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.optim import flatten_parameters, make_optimizer
+from bench.step import EAGER, RunFunctions, train_step
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
 from vae_core.vae import LogWeightFn
@@ -40,50 +40,6 @@ class RunData:
 def kl_weight(step: int, warmup_steps: int) -> float:
     """Linear KL warm-up: 0 -> 1 over `warmup_steps` (1 throughout when 0)."""
     return min(1.0, step / warmup_steps) if warmup_steps else 1.0
-
-
-@dataclass(frozen=True)
-class RunFunctions:
-    """The pieces of a run worth compiling: the ELBO terms for given noise, the optimizer update, and one IW
-    chunk's log-weights. `EAGER` runs them as written; `compile()` wraps each in `torch.compile`."""
-
-    elbo_terms: Callable[[VAE, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    optimizer_step: Callable[[torch.optim.Optimizer], object]
-    log_weight: LogWeightFn
-    compiled: bool
-
-    @staticmethod
-    def compile() -> "RunFunctions":
-        return RunFunctions(torch.compile(VAE.elbo_terms_from_noise, dynamic=False),
-                             torch.compile(optimizer_step, dynamic=False),
-                             torch.compile(VAE.log_weight, dynamic=False), compiled=True)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    optimizer.step()
-
-
-EAGER = RunFunctions(VAE.elbo_terms_from_noise, optimizer_step, VAE.log_weight, compiled=False)
-
-
-def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, generator: torch.Generator,
-               beta: float = 1.0, grad_clip: float = 0.0, fns: RunFunctions = EAGER
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step on -(reconstruction - beta * kl), averaged over the batch.
-
-    The noise is drawn here, outside `fns`, so eager and compiled steps consume the generator identically.
-    Returns the batch sums (reconstruction, kl), detached, left on the device.
-    """
-    eps = model.noise(1, batch, generator)  # [1, B, D]
-    reconstruction, kl = fns.elbo_terms(model, batch, eps)  # [B], [B]
-    loss = -(reconstruction - beta * kl).mean()
-    optimizer.zero_grad(set_to_none=False)  # in place: gradients may live in a flat buffer (bench.optim)
-    loss.backward()
-    if grad_clip:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    fns.optimizer_step(optimizer)
-    return reconstruction.detach().sum(), kl.detach().sum()
 
 
 @torch.no_grad()

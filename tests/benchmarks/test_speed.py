@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.optim import flatten_parameters, make_optimizer
-from bench.train import EAGER, RunFunctions, train_step
+from bench.step import EAGER, RunFunctions, train_step
 from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
                                        baseline_train_step)
 from tests.benchmarks.conftest import record
