@@ -38,6 +38,8 @@ def flatten_parameters(module: nn.Module) -> nn.Parameter:
 
 def is_flat(module: nn.Module, flat: torch.Tensor) -> bool:
     """True if every parameter (and gradient) of `module` still lives in `flat` (and `flat.grad`)."""
+    if flat.grad is None:
+        return False
     base, grad_base = flat.data_ptr(), flat.grad.data_ptr()
     offset, size = 0, flat.element_size()
     for p in module.parameters():

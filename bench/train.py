@@ -122,18 +122,23 @@ class Run:
         path = self.layout.state(self.cfg.run_id)
         if not path.exists():
             return False
+        fresh_model = copy.deepcopy(self.model.state_dict())
+        fresh_optimizer = copy.deepcopy(self.optimizer.state_dict())
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
             if state["config_hash"] != self.cfg.config_hash:
                 return False
+            values = {k: state[k] for k in self.STATE_KEYS}
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.gen_noise.set_state(state["gen_noise"].cpu())
             self.gen_data.set_state(state["gen_data"].cpu())
-            for k in self.STATE_KEYS:
-                setattr(self, k, state[k])
         except Exception:  # a damaged state file costs a restart, never a wrong result
+            self.model.load_state_dict(fresh_model)  # in place: the flat parameter buffer stays linked
+            self.optimizer.load_state_dict(fresh_optimizer)
             return False
+        for k, v in values.items():
+            setattr(self, k, v)
         return True
 
     def _train_step(self, batch: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +151,7 @@ class Run:
             out = train_step(*args, fns=self.fns)
         except Exception as err:  # e.g. no C++ compiler for inductor: record why, train eagerly
             self.compile_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            self.compile_seconds = time.perf_counter() - t0  # the failed attempt is not training time either
             self.fns = EAGER
             self.gen_noise.set_state(noise_state)
             return train_step(*args, fns=self.fns)

@@ -300,3 +300,26 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
     assert row["compile_error"] == "RuntimeError: inductor: no working C++ compiler"
     for key in ("val_elbo", "test_elbo", "test_iw_log_px"):  # the failed attempt consumed no noise
         assert row[key] == eager[key], key
+
+
+def test_unusable_state_leaves_the_fresh_model_untouched(small_grid, tmp_path):
+    """A state file that fails halfway through loading (model loads, optimizer does not) must not leave the
+    run with the saved weights and fresh counters."""
+    grid, _, data_dir = small_grid
+    cfg = load_grid(grid)[0]
+    layout = ResultsLayout(tmp_path / "h")
+    execute_run(RunTask(cfg, str(tmp_path / "h"), str(data_dir), "cpu", 1))
+    state = torch.load(layout.state(cfg.run_id), weights_only=True)
+    state["optimizer"] = {"state": {}, "param_groups": []}  # the model part is fine, the optimizer part is not
+    torch.save(state, layout.state(cfg.run_id))
+    from bench.runner import prepare_data
+    from bench.train import Run
+    from bench.optim import is_flat
+
+    data = prepare_data(cfg, str(data_dir), torch.device("cpu"))
+    run = Run(cfg, data, layout, torch.device("cpu"))
+    fresh = {k: v.clone() for k, v in run.model.state_dict().items()}
+    assert not run.load_state() and run.step == 0
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, fresh[k]), k
+    assert is_flat(run.model, run.optimizer.param_groups[0]["params"][0])
