@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+
 def flatten_parameters(module: nn.Module) -> nn.Parameter:
     """Make every parameter of `module` a view into one buffer and return that buffer as a Parameter.
 

@@ -27,6 +27,10 @@ GradientFn = Callable[[VAE, torch.optim.Optimizer, torch.Tensor, torch.Tensor, t
                       tuple[torch.Tensor, torch.Tensor]]
 
 
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def autograd_gradients(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, eps: torch.Tensor,
                        beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill the `.grad` of the optimizer's parameters; returns the batch sums (reconstruction, kl)."""
@@ -58,7 +62,7 @@ def compiled_gradients() -> GradientFn:
     checked: set[tuple[int, int]] = set()  # (model, flat) pairs already seen linked
 
     def gradients(model, optimizer, batch, eps, beta):
-        params = [p for group in optimizer.param_groups for p in group["params"]]
+        params = optimizer_params(optimizer)
         flat = params[0]
         if (id(model), id(flat)) not in checked:
             if len(params) != 1 or not is_flat(model, flat):
@@ -105,7 +109,6 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor
     beta_t = batch.new_full((), beta)  # a tensor, so a changing KL weight never triggers a recompile
     reconstruction, kl = fns.gradients(model, optimizer, batch, eps, beta_t)
     if grad_clip:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), grad_clip, foreach=True)
     fns.optimizer_step(optimizer)
     return reconstruction, kl

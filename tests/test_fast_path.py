@@ -40,12 +40,16 @@ def test_bernoulli_log_prob_matches_bce_at_extreme_logits():
     torch.testing.assert_close(bernoulli_log_prob(x, logits), expected)
 
 
+def twin_models(config: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    a, b = build_vae(config).double(), build_vae(config).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
 def test_foreach_optimizer_step_equals_plain_step():
     """The runner's optimizers (foreach) move parameters exactly as the per-tensor implementation."""
-    torch.manual_seed(0)
-    a = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf"}).double()
-    b = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf"}).double()
-    b.load_state_dict(a.state_dict())
+    a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf"})
     x = (torch.rand(16, 784, dtype=torch.float64) < 0.3).double()
     for name in ("adam", "adamax", "rmsprop-centered", "sgd"):
         opt_a = make_optimizer(name, a.parameters(), 1e-3)
@@ -55,13 +59,6 @@ def test_foreach_optimizer_step_equals_plain_step():
             train_step(b, opt_b, x, torch.Generator().manual_seed(1))
         for pa, pb in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
-
-
-def twin_models(config: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    torch.manual_seed(0)
-    a, b = build_vae(config).double(), build_vae(config).double()
-    b.load_state_dict(a.state_dict())
-    return a, b
 
 
 def test_flatten_parameters_keeps_values_and_shares_storage():

@@ -53,7 +53,7 @@ class MADE(nn.Module):
         for i, m in enumerate(masks):
             self.register_buffer(f"mask{i}", m.float(), persistent=False)
         self.hidden = hidden
-        # one matmul for both context paths: rows [:hidden] feed the first hidden layer, the rest every output
+        # one matmul for both context paths: rows [:hidden] feed the first hidden layer, the rest the outputs
         self.context = nn.Linear(context_dim, hidden + n_params * dim, bias=False) if context_dim else None
 
     def masks(self) -> list[torch.Tensor]:
@@ -63,8 +63,7 @@ class MADE(nn.Module):
         """z [..., D], context [..., C] broadcastable to z's batch dims -> n_params x [..., D]."""
         h = z[..., : self.n_inputs]
         if self.context is not None:
-            context_in, context_out = self.context(context).split([self.hidden, self.context.out_features
-                                                                   - self.hidden], dim=-1)
+            context_in, context_out = self.context(context).split([self.hidden, self.n_params * self.dim], dim=-1)
         for i, (layer, mask) in enumerate(zip(self.layers, self.masks())):
             h = F.linear(h, layer.weight * mask, layer.bias)
             if i == 0 and self.context is not None:

@@ -49,14 +49,11 @@ class VAE(nn.Module):
     def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction [B], kl [B]) with ELBO = reconstruction - kl; both averaged over k samples."""
-        return self.elbo_terms_from_noise(x, self.noise(k, x, generator))
+        return self(x, self.noise(k, x, generator))
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training objective's terms for given noise: `elbo_terms_from_noise` (what `torch.func` calls)."""
-        return self.elbo_terms_from_noise(x, eps)
-
-    def elbo_terms_from_noise(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`elbo_terms` for given noise eps [k, B, D] (a pure function of its inputs: compilable).
+        """`elbo_terms` for given noise eps [k, B, D]: a pure function of its inputs (compilable, and what
+        `torch.func.functional_call` calls).
 
         kl = "mc": E_q[log q - log p]; "analytic": closed form (mean-field posterior, standard prior).
         """
