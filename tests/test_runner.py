@@ -58,7 +58,7 @@ def test_shipped_tiny_grid_expands_to_four_resolved_runs():
     assert runs[0].flat()["model.latent_dim"] == 8 and runs[0].flat()["eval.iw_samples"] == 20
 
 
-@pytest.mark.parametrize("name", ["grid", "quick", "reference-cpu", "seed000", "seed001", "seed002"])
+@pytest.mark.parametrize("name", ["grid", "quick", "reference-cpu", "seed000", "seed001", "seed002", "speed"])
 def test_every_shipped_config_validates(name):
     runs = load_grid(REPO / "configs" / f"{name}.toml")
     assert runs
