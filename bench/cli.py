@@ -38,13 +38,15 @@ def run(
     data_dir: Optional[Path] = DataDir,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs in parallel (threads are split between them)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and the stacks, and exit."),
+    stack: str = typer.Option("auto", "--stack",
+                              help="Runs trained together as one stacked model: auto | N (1 = one at a time)."),
 ) -> None:
     """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
     from bench.runner import run_grid_command
 
     try:
-        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run)
+        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, stack)
     except _data_error_types() as err:
         _user_error(err)
     raise typer.Exit(code)
@@ -90,3 +92,7 @@ def bench() -> None:
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

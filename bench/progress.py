@@ -20,7 +20,8 @@ class GridProgress:
         self.grid_task = self.run_task = None
         self.last_plain = 0.0
 
-    def run_table(self, runs, done_ids: set[str]) -> None:
+    def run_table(self, runs, done_ids: set[str], plans) -> None:
+        """The expanded runs, then the stacks the runs still to do will train in, with each stack's reason."""
         table = Table(title=f"{len(runs)} runs ({len(done_ids)} already finished)")
         for col in ("run_id", "variant", "posterior", "prior", "latent_dim", "optimizer", "lr", "seed",
                     "max_steps", "status"):
@@ -30,12 +31,20 @@ class GridProgress:
                           c.train.optimizer, f"{c.train.lr:g}", str(c.train.seed), str(c.train.max_steps),
                           "done" if c.run_id in done_ids else "to run")
         self.console.print(table)
+        stacks = Table(title=f"{len(plans)} stacks for the {sum(len(p.configs) for p in plans)} runs to do")
+        for col in ("stack", "runs", "seeds", "lrs", "why this size"):
+            stacks.add_column(col)
+        for p in plans:
+            stacks.add_row(p.stack_id, str(len(p.configs)), " ".join(str(c.train.seed) for c in p.configs),
+                           " ".join(f"{c.train.lr:g}" for c in p.configs), p.reason)
+        self.console.print(stacks)
 
     def say(self, text: str) -> None:
         self.console.print(text)
 
-    def start(self, total: int, skipped: int) -> None:
-        self.say(f"{total} runs: {skipped} already finished (skipped), {total - skipped} to run")
+    def start(self, total: int, skipped: int, stacks: int) -> None:
+        self.say(f"{total} runs: {skipped} already finished (skipped), {total - skipped} to run in {stacks} "
+                 f"stack{'s' if stacks != 1 else ''}")
         if self.live:
             self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
@@ -43,8 +52,9 @@ class GridProgress:
             self.bars.start()
 
     def run_callback(self, task):
-        """A progress function for one run (called at check intervals with step, ELBO, examples/s)."""
-        run_id, max_steps = task.config.run_id, task.config.train.max_steps
+        """A progress function for one task (a stack; called at check intervals with step, ELBO of its first
+        run, examples/s of the whole stack)."""
+        run_id, max_steps = task.stack_id, task.max_steps
         if self.bars:
             if self.run_task is not None:
                 self.bars.remove_task(self.run_task)

@@ -1,5 +1,6 @@
-"""Executing a grid: which runs to do, one run end to end (train -> test -> one result row), and the
-executor that runs them. `Executor` is the one seam a remote (e.g. Ray) backend replaces."""
+"""Executing a grid: which runs to do and how they are stacked (`bench.stacking`), one task end to end
+(a stack of runs: train -> test -> one result row per run), and handing tasks to an executor
+(`bench.executors`: where they run)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ import subprocess
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
 
 import pandas as pd
 import torch
 
 from bench.config import RunConfig
 from bench.errors import UserError
+from bench.executors.local import LocalExecutor
 from bench.gridfile import load_grid
 from bench.progress import GridProgress
+from bench.stacking import StackPlan, parse_stack, plan_stacks
 from bench.storage import ResultsLayout, write_parquet
-from bench.train import ProgressFn, Run, RunData
+from bench.train import ProgressFn, Run, RunData, Stack
 from vae_core.data import DataError, binarize, load_dataset
 
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
@@ -31,13 +32,18 @@ FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs ar
 
 @dataclass(frozen=True)
 class RunTask:
-    """Everything one run needs, picklable (sent to a worker process or, later, a remote worker)."""
+    """Everything one stack of runs needs (one run when unstacked), picklable for worker processes."""
 
-    config: RunConfig
+    configs: tuple[RunConfig, ...]
     results: str
     data_dir: str | None
     device: str
     threads: int
+    stack_id: str
+
+    @property
+    def max_steps(self) -> int:
+        return self.configs[0].train.max_steps
 
 
 def pick_device(requested: str) -> str:
@@ -79,44 +85,65 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
                    dynamic=ds.dynamic, digest=ds.digest)
 
 
-def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
-    """Train and test one run and write its row; exceptions become a 'failed' row. Returns the row."""
-    cfg, layout = task.config, ResultsLayout(task.results)
+def execute_task(task: RunTask, on_progress: ProgressFn | None = None) -> list[dict]:
+    """Train and test the runs of one task (a stack) and write each run's row as that run finishes.
+
+    An exception fails the runs not yet finished (their rows say why); finished rows stay. Returns the rows.
+    """
+    layout = ResultsLayout(task.results)
     torch.set_num_threads(task.threads)
     device = torch.device(task.device)
-    started = datetime.now(timezone.utc)
-    wall0 = time.perf_counter()
-    row: dict = {"status": "failed", "error": "", "first_bad_step": math.nan}
-    run = None
+    started, wall0 = datetime.now(timezone.utc), time.perf_counter()
+    rows: list[dict] = []
+    stack = data = None
+
+    def write_row(cfg: RunConfig, figures: dict) -> None:
+        row = result_row(cfg, {"stack_id": task.stack_id, "stack_size": len(task.configs), **figures}, device,
+                         started, time.perf_counter() - wall0, task.threads)
+        write_parquet(pd.DataFrame([row]), layout.run(cfg.run_id))
+        rows.append(row)
+
+    error: dict = {}
     try:
-        data = prepare_data(cfg, task.data_dir, device)
-        row["data_digest"], row["eval_images"] = data.digest, data.test.shape[0]
-        run = Run(cfg, data, layout, device, on_progress)
-        resumed = run.load_state()
-        row["resumed_from_step"] = run.step if resumed else 0
-        status = run.train()
-        row["status"] = status
-        if status == "diverged":
-            row["first_bad_step"] = run.first_bad_step
-        else:
-            test = run.test()
-            row.update(test_elbo=test["elbo"], test_iw_log_px=test["iw_log_px"],
-                       test_reconstruction=test["reconstruction"], test_kl=test["kl"])
+        data = prepare_data(task.configs[0], task.data_dir, device)
+        stack = Stack(list(task.configs), data, layout, device, on_progress)
+        stack.load_states()
+        for run, test in stack.run():
+            write_row(run.cfg, run_figures(run, stack, data, test))
     except DataError as err:
-        row["error"] = str(err)
+        error = {"error": str(err)}
     except Exception as err:  # a run's failure is recorded; the grid goes on
-        row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
-        row["traceback"] = traceback.format_exc()[-2000:]
-    if run is not None:
-        row.update(steps_done=run.step, best_step=run.best["step"], val_elbo=run.best["elbo"],
-                   val_iw_log_px=run.best["iw_log_px"], train_seconds=run.train_seconds,
-                   eval_seconds=run.eval_seconds,
-                   train_examples_per_s=run.step * cfg.train.batch_size / run.train_seconds
-                   if run.train_seconds else math.nan,
-                   compiled=run.fns.compiled, compile_error=run.compile_error,
-                   compile_seconds=run.compile_seconds)
-    row = result_row(cfg, row, device, started, time.perf_counter() - wall0, task.threads)
-    write_parquet(pd.DataFrame([row]), layout.run(cfg.run_id))
+        error = {"error": f"{type(err).__name__}: {err}".splitlines()[0], "traceback": traceback.format_exc()[-2000:]}
+    done = {row["run_id"] for row in rows}
+    for i, cfg in enumerate(task.configs):
+        if cfg.run_id not in done:
+            figures = run_figures(stack.runs[i], stack, data, None) if stack is not None else {}
+            write_row(cfg, {**figures, "status": "failed", **error})
+    return rows
+
+
+def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
+    """`execute_task` for a task of one run: its row."""
+    (row,) = execute_task(task, on_progress)
+    return row
+
+
+def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None) -> dict:
+    """A run's figures for its result row: status, training/validation/test figures, timing, compile flags."""
+    t = run.cfg.train
+    row = {"status": "diverged" if run.status == "diverged" else "completed",
+           "error": "", "first_bad_step": run.first_bad_step if run.status == "diverged" else math.nan,
+           "resumed_from_step": run.resumed_from_step, "steps_done": run.step, "best_step": run.best["step"],
+           "val_elbo": run.best["elbo"], "val_iw_log_px": run.best["iw_log_px"],
+           "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
+           "train_examples_per_s": run.step * t.batch_size / run.train_seconds if run.train_seconds else math.nan,
+           "compiled": stack.fns.step_compiled, "compile_error": stack.fns.compile_error,
+           "compile_seconds": run.compile_seconds}
+    if data is not None:
+        row.update(data_digest=data.digest, eval_images=data.test.shape[0])
+    if test is not None:
+        row.update(test_elbo=test["elbo"], test_iw_log_px=test["iw_log_px"],
+                   test_reconstruction=test["reconstruction"], test_kl=test["kl"])
     return row
 
 
@@ -133,7 +160,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         "seed": t.seed, "optimizer": t.optimizer, "batch_size": t.batch_size, "max_steps": t.max_steps,
         **{c: math.nan for c in nan_cols},
         "iw_samples": cfg.eval.iw_samples, "data_digest": "",
-        "compiled": False, "compile_error": "", "compile_seconds": 0.0,
+        "compiled": False, "compile_error": "", "compile_seconds": 0.0, "stack_id": cfg.run_id, "stack_size": 1,
         **figures,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -143,34 +170,6 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         **{k: (str(v) if isinstance(v, list) else v) for k, v in cfg.flat().items()},
     }
     return row
-
-
-class Executor(Protocol):
-    """Runs tasks, yielding each finished run's row as it completes."""
-
-    def map(self, fn: Callable[[RunTask], dict], tasks: Sequence[RunTask]) -> Iterator[dict]: ...
-
-
-class LocalExecutor:
-    """In this process (jobs = 1, with live progress) or in `jobs` worker processes."""
-
-    def __init__(self, jobs: int = 1, on_progress: Callable[[RunTask], ProgressFn] | None = None):
-        self.jobs, self.on_progress = jobs, on_progress
-
-    def map(self, fn, tasks):
-        if self.jobs == 1:
-            for task in tasks:
-                yield fn(task, self.on_progress(task) if self.on_progress else None)
-            return
-        with ProcessPoolExecutor(self.jobs) as pool:
-            futures = [pool.submit(fn, task) for task in tasks]
-            try:
-                for future in as_completed(futures):
-                    yield future.result()
-            except KeyboardInterrupt:
-                for f in futures:
-                    f.cancel()
-                raise
 
 
 def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[RunConfig], list[RunConfig]]:
@@ -189,15 +188,17 @@ def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[Run
 
 
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
-                     dry_run: bool) -> int:
+                     dry_run: bool, stack: str = "auto") -> int:
     """`vaebench run`: validate everything first, then run what is not finished. Returns the exit code."""
     runs = load_grid(grid)
     dev = pick_device(device)
+    stack_size = parse_stack(stack)
     layout = ResultsLayout(results)
     progress = GridProgress(sys.stdout)
     todo, done = pending_runs(runs, layout)
+    plans = plan_stacks(todo, stack_size, dev)
     if dry_run:
-        progress.run_table(runs, {c.run_id for c in done})
+        progress.run_table(runs, {c.run_id for c in done}, plans)
         return 0
     datasets = {c.data.dataset for c in todo}
     for name in sorted(datasets):
@@ -206,14 +207,15 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         raise UserError(f"results path {results} exists and is not a folder")
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
-    tasks = [RunTask(c, str(results), str(data_dir) if data_dir else None, dev, threads) for c in todo]
-    progress.start(total=len(runs), skipped=len(done))
+    tasks = [task_for(plan, results, data_dir, dev, threads) for plan in plans]
+    progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
     failed = 0
     try:
         executor = LocalExecutor(jobs, on_progress=progress.run_callback)
-        for row in executor.map(execute_run, tasks):
-            failed += row["status"] == "failed"
-            progress.finished(row)
+        for rows in executor.map(execute_task, tasks):
+            for row in rows:
+                failed += row["status"] == "failed"
+                progress.finished(row)
     except KeyboardInterrupt:
         progress.stop()
         progress.say(f"interrupted: completed runs are kept in {results}; re-run the same command to resume")
@@ -221,3 +223,7 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
     progress.stop()
     progress.summary(failed)
     return 1 if failed else 0
+
+
+def task_for(plan: StackPlan, results: Path, data_dir: Path | None, device: str, threads: int) -> RunTask:
+    return RunTask(plan.configs, str(results), str(data_dir) if data_dir else None, device, threads, plan.stack_id)

@@ -1,114 +1,181 @@
-"""One training step, and the functions of a run that may be compiled.
+"""One training step and the evaluation pieces, as pure functions of one run's tensors, and their stacked form.
 
-`train_step` is a plain function of (model, optimizer, batch, generator): the unit a later stacked
-(torch.func) or remote executor reuses. Its gradient comes from one of two interchangeable functions:
+A run is its flat parameter vector `flat [N]` (laid out by `FlatLayout`), its optimizer state and its
+step count `t`. `train_step` maps those, a batch and the run's noise to the next ones: the gradient of
+-(reconstruction - beta * kl) (`torch.func.grad` through `functional_call`), per-run gradient clipping and
+the optimizer update, in one function, so that compiled they are one graph.
 
-- `autograd_gradients`: the ELBO, then `loss.backward()` into the parameters' `.grad` (any optimizer);
-- `functional_gradients`: `torch.func.grad` of the same loss as a pure function of the flat parameter
-  vector (`bench.optim.flatten_parameters`). Compiled, forward, backward and the loss reduction become
-  one graph: no autograd-engine bookkeeping, no gradient zeroing or accumulation per tensor.
-
-The noise is drawn by `train_step`, outside both, so eager and compiled steps consume the generator alike.
+`StackFunctions` applies these to R runs at once: with R = 1 the functions run as written on row 0; with
+R > 1 `torch.func.vmap` maps them over a leading run dimension (every weight batched, every matmul a
+batched matmul), so run r of a stack computes exactly what it computes alone. Compiled, it is
+`torch.compile(vmap(f))`. Noise and batches are drawn by the caller from each run's own generators:
+generators do not trace, and drawing outside keeps eager, compiled and stacked runs on the same numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.func import functional_call, grad
+import torch.nn as nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
 
-from bench.optim import is_flat
+from bench.optim import Optimizer, State, clip_gradient
 from vae_core import VAE
-from vae_core.vae import LogWeightFn
-
-GradientFn = Callable[[VAE, torch.optim.Optimizer, torch.Tensor, torch.Tensor, torch.Tensor],
-                      tuple[torch.Tensor, torch.Tensor]]
 
 
-def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
+class FlatLayout:
+    """Where each named parameter of a model lives in a run's flat vector (module.parameters() order)."""
+
+    def __init__(self, model: nn.Module):
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.numel = sum(self.sizes)
+
+    def params(self, flat: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+        """flat [N] -> {prefix + name: view of flat with the parameter's shape}."""
+        return {prefix + n: v.view(s) for n, v, s in zip(self.names, flat.split(self.sizes), self.shapes)}
+
+    def flatten(self, model: nn.Module) -> torch.Tensor:
+        """The model's current parameters as one new vector [N]."""
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def autograd_gradients(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, eps: torch.Tensor,
-                       beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill the `.grad` of the optimizer's parameters; returns the batch sums (reconstruction, kl)."""
-    reconstruction, kl = model(batch, eps)  # [B], [B]
-    loss = -(reconstruction - beta * kl).mean()
-    optimizer.zero_grad(set_to_none=False)  # in place: gradients may live in a flat buffer (bench.optim)
-    loss.backward()
-    return reconstruction.detach().sum(), kl.detach().sum()
+class _Method(nn.Module):
+    """Calls one method of `model` as its forward, so `functional_call` can substitute the model's parameters."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args):
+        return getattr(self.model, self.method)(*args)
 
 
-def functional_gradients(model: VAE, flat: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor,
-                         beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d loss / d flat [N], reconstruction sum, kl sum) with `model`'s parameters read from `flat` [N],
-    laid out as `flatten_parameters` lays them out (module.parameters() order)."""
-    names, shapes = zip(*((name, p.shape) for name, p in model.named_parameters()))
+def kl_weight(t: torch.Tensor, warmup_steps: torch.Tensor) -> torch.Tensor:
+    """Linear KL warm-up at step t (0-based): t / warmup_steps, capped at 1; 1 throughout when warmup is 0."""
+    return torch.where(warmup_steps > 0, torch.clamp(t / warmup_steps.clamp(min=1), max=1.0),
+                       torch.ones_like(t))
+
+
+def train_step(model: VAE, layout: FlatLayout, optimizer: Optimizer, flat: torch.Tensor, state: State,
+               t: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor, lr: torch.Tensor,
+               warmup_steps: torch.Tensor, grad_clip: torch.Tensor, active: torch.Tensor):
+    """One run's step: (flat [N], state, t [], batch [B, P], eps [1, B, D], lr, warmup_steps, grad_clip,
+    active: 0-d) -> (flat, state, t, reconstruction sum [], kl sum [], ok []).
+
+    The loss is -(reconstruction - beta * kl) averaged over the batch, beta = kl_weight(t, warmup_steps).
+    A run that is not `active`, or whose loss is not finite at this step, keeps its parameters, state and
+    t: it is frozen where it stood, and `ok` says so.
+    """
+    beta = kl_weight(t, warmup_steps)
 
     def loss(values: torch.Tensor):
-        params = {n: v.view(s) for n, v, s in zip(names, values.split([s.numel() for s in shapes]), shapes)}
-        reconstruction, kl = functional_call(model, params, (batch, eps))  # [B], [B]
+        reconstruction, kl = functional_call(model, layout.params(values), (batch, eps))  # [B], [B]
         return -(reconstruction - beta * kl).mean(), (reconstruction.detach().sum(), kl.detach().sum())
 
-    gradient, (rec, kl) = grad(loss, has_aux=True)(flat)
-    return gradient, rec, kl
+    gradient, (rec, kl) = grad(loss, has_aux=True)(flat)  # [N]
+    t_next = t + 1
+    new_flat, new_state = optimizer.update(flat, clip_gradient(gradient, grad_clip), state, t_next, lr)
+    ok = active & torch.isfinite(rec) & torch.isfinite(kl)
+    keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
+    return keep(new_flat, flat), tuple(map(keep, new_state, state)), keep(t_next, t), rec, kl, ok
 
 
-def compiled_gradients() -> GradientFn:
-    """`functional_gradients` compiled, behind the `autograd_gradients` signature (flat optimizer only)."""
-    compiled = torch.compile(functional_gradients, dynamic=False)
-    checked: set[tuple[int, int]] = set()  # (model, flat) pairs already seen linked
-
-    def gradients(model, optimizer, batch, eps, beta):
-        params = optimizer_params(optimizer)
-        flat = params[0]
-        if (id(model), id(flat)) not in checked:
-            if len(params) != 1 or not is_flat(model, flat):
-                raise ValueError("compiled training needs an optimizer over [flatten_parameters(model)]")
-            checked.add((id(model), id(flat)))
-        gradient, rec, kl = compiled(model, flat.detach(), batch, eps, beta)
-        flat.grad.copy_(gradient)  # keeps every parameter's .grad a view of flat.grad
-        return rec, kl
-
-    return gradients
+def elbo_terms(model: VAE, layout: FlatLayout, flat: torch.Tensor, x: torch.Tensor, eps: torch.Tensor):
+    """(reconstruction [B], kl [B]) of x [B, P] for noise eps [k, B, D], with the run's parameters flat [N]."""
+    return functional_call(model, layout.params(flat), (x, eps))
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
-    optimizer.step()
+def encode(model: VAE, layout: FlatLayout, flat: torch.Tensor, x: torch.Tensor):
+    """The encoder's (loc [B, D], scale [B, D], context [B, C])."""
+    return functional_call(_Method(model, "encoder"), layout.params(flat, "model."), (x,))
 
 
-@dataclass(frozen=True)
-class RunFunctions:
-    """The pieces of a run worth compiling: the gradient, the optimizer update and one IW chunk's
-    log-weights. `EAGER` runs them as written; `compile()` compiles each."""
-
-    gradients: GradientFn
-    optimizer_step: Callable[[torch.optim.Optimizer], object]
-    log_weight: LogWeightFn
-    compiled: bool
-
-    @staticmethod
-    def compile() -> "RunFunctions":
-        return RunFunctions(compiled_gradients(), torch.compile(optimizer_step, dynamic=False),
-                            torch.compile(VAE.log_weight, dynamic=False), compiled=True)
+def log_weight(model: VAE, layout: FlatLayout, flat: torch.Tensor, x: torch.Tensor, loc: torch.Tensor,
+               scale: torch.Tensor, context: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """`VAE.log_weight`: log p(x, z) - log q(z|x) [c, B] for noise eps [c, B, D]."""
+    return functional_call(_Method(model, "log_weight"), layout.params(flat, "model."),
+                           (x, loc, scale, context, eps))
 
 
-EAGER = RunFunctions(autograd_gradients, optimizer_step, VAE.log_weight, compiled=False)
+def _on_rows(fn: Callable, in_dims: tuple) -> Callable:
+    """`fn` over a leading run dimension of the arguments whose in_dim is 0 (None: shared by all runs).
+
+    One run (R = 1) runs `fn` itself on row 0, without vmap: a stack of one is exactly the single run."""
+    batched = vmap(fn, in_dims=in_dims)
+
+    def on_rows(*args):
+        if args[0].shape[0] > 1:
+            return batched(*args)
+        rows = [tree_map(lambda a: a[0], arg) if d == 0 else arg for arg, d in zip(args, in_dims)]
+        return tree_map(lambda out: out.unsqueeze(0), fn(*rows))
+
+    return on_rows
 
 
-def train_step(model: VAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, generator: torch.Generator,
-               beta: float = 1.0, grad_clip: float = 0.0, fns: RunFunctions = EAGER
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step on -(reconstruction - beta * kl), averaged over the batch.
+class _Fallback:
+    """A compiled function that, if a call fails (e.g. no C++ compiler for inductor), records why and runs
+    `eager` from then on. Inputs are never mutated, so the failed call is simply made again eagerly."""
 
-    Returns the batch sums (reconstruction, kl), detached, left on the device.
+    def __init__(self, compiled: Callable, eager: Callable, owner: "StackFunctions"):
+        self.compiled, self.eager, self.owner, self.failed = compiled, eager, owner, False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as err:  # compilation errors come in many types
+                self.failed = True
+                self.owner.record_compile_error(err)
+        return self.eager(*args)
+
+
+class StackFunctions:
+    """`train_step`, `elbo_terms`, `encode` and `log_weight` over the R runs of a stack (any R, one
+    architecture), eager or compiled (one compiled graph per R and shape).
+
+    Shapes: flat [R, N], state leaves [R, N], t/lr/warmup/clip/active [R], batch [R, B, P],
+    eps [R, 1, B, D]; evaluation x [B, P] is shared, eval noise [R, k, B, D].
     """
-    eps = model.noise(1, batch, generator)  # [1, B, D]
-    beta_t = batch.new_full((), beta)  # a tensor, so a changing KL weight never triggers a recompile
-    reconstruction, kl = fns.gradients(model, optimizer, batch, eps, beta_t)
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), grad_clip, foreach=True)
-    fns.optimizer_step(optimizer)
-    return reconstruction, kl
+
+    RECOMPILE_LIMIT = 64  # shapes per function: stack sizes as runs finish, last eval batch, last IW chunk
+
+    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool):
+        self.model = model
+        layout = FlatLayout(model)
+        self.layout = layout
+        self.compile_errors: list[str] = []
+        if compile:
+            torch._dynamo.reset()  # guards of earlier stacks must not pile up towards the recompile limit
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                                       self.RECOMPILE_LIMIT)
+
+        def wrap(fn: Callable, in_dims: tuple) -> Callable:
+            eager = _on_rows(fn, in_dims)
+            if not compile:
+                return eager
+            return _Fallback(torch.compile(_on_rows(fn, in_dims), dynamic=False), eager, self)
+
+        step = lambda *a: train_step(model, layout, optimizer, *a)  # noqa: E731
+        self.train_step = wrap(step, (0,) * 9)
+        self.elbo_terms = wrap(lambda f, x, e: elbo_terms(model, layout, f, x, e), (0, None, 0))
+        self.encode = wrap(lambda f, x: encode(model, layout, f, x), (0, None))
+        self.log_weight = wrap(lambda f, x, lo, sc, co, e: log_weight(model, layout, f, x, lo, sc, co, e),
+                               (0, None, 0, 0, 0, 0))
+        self.compiled = compile
+
+    def record_compile_error(self, err: Exception) -> None:
+        self.compile_errors.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
+
+    @property
+    def compile_error(self) -> str:
+        return self.compile_errors[0] if self.compile_errors else ""
+
+    @property
+    def step_compiled(self) -> bool:
+        """True while the training step runs compiled (False once it fell back to eager)."""
+        return self.compiled and not getattr(self.train_step, "failed", True)

@@ -1,29 +1,40 @@
-"""One run: train with periodic validation, keep the best-on-validation checkpoint, evaluate it on test.
+"""Training runs: R runs of one architecture trained together as one stacked model (R = 1: a run alone).
 
-The step itself is `bench.step.train_step`. Non-finite losses are detected on the device and checked only
-every `train.check_every` steps, so the loop makes no host sync per step.
+`Stack` holds the runs' parameters as one [R, N] tensor (row r = run r's flat vector), their optimizer
+states and step counts, and calls `bench.step.StackFunctions` once per step for all of them. `Run` is one
+run's lifecycle, exactly what it has when trained alone: its own initial weights (seeded by its seed), its
+own batch order and noise (its own generators), lr, warm-up, clipping norm and patience; validation every
+`eval_every` steps, its best-on-validation checkpoint, early stopping, divergence, its resumable state.
+
+A run leaves the stack when it stops (max_steps, patience, divergence); the stack shrinks to the rest.
+A run whose loss goes non-finite is frozen on the device at that step (its update is not applied) and
+removed at the next host check (`train.check_every`): rows of a stack never mix, so its NaNs reach no
+other run. Finished runs are tested together (best-on-validation weights, memory-bounded IW chunks).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 
 from bench.config import RunConfig
-from bench.optim import flatten_parameters, make_optimizer
-from bench.step import EAGER, RunFunctions, train_step
+from bench.optim import OPTIMIZERS, flatten_parameters
+from bench.step import StackFunctions
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
 from vae_core.data import binarize
-from vae_core.vae import LogWeightFn
+from vae_core.estimators import iw_chunk_size, streaming_iw_bound
+from vae_core.posteriors import standard_normal
 
 ProgressFn = Callable[[int, int, float, float], None]  # (step, max_steps, train ELBO, examples/s)
+
+VALID_SEED_OFFSET, TEST_SEED_OFFSET = 17, 29  # evaluation noise: seeded per run, apart from training noise
+DATA_SEED_OFFSET = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -37,205 +48,320 @@ class RunData:
     digest: str
 
 
-def kl_weight(step: int, warmup_steps: int) -> float:
-    """Linear KL warm-up: 0 -> 1 over `warmup_steps` (1 throughout when 0)."""
-    return min(1.0, step / warmup_steps) if warmup_steps else 1.0
-
-
-@torch.no_grad()
-def evaluate(model: VAE, x: torch.Tensor, elbo_samples: int, iw_samples: int, batch_size: int,
-             seed: int, log_weight: LogWeightFn | None = None) -> dict[str, float]:
-    """Mean ELBO, its terms and (iw_samples > 0) the IW log p(x) over the rows of x, in nats per image."""
-    model.eval()
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    sums = {"reconstruction": 0.0, "kl": 0.0, "iw_log_px": 0.0}
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        reconstruction, kl = model.elbo_terms(xb, elbo_samples, gen)
-        sums["reconstruction"] += reconstruction.sum().item()
-        sums["kl"] += kl.sum().item()
-        if iw_samples:
-            sums["iw_log_px"] += model.iw_log_px(xb, iw_samples, generator=gen, log_weight=log_weight).sum().item()
-    model.train()
-    out = {k: v / x.shape[0] for k, v in sums.items()}
-    out["elbo"] = out["reconstruction"] - out["kl"]
-    if not iw_samples:
-        out["iw_log_px"] = math.nan
-    return out
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-class Run:
-    """State of one run in progress; `execute()` trains, evaluates and returns the result row's figures."""
+@torch.no_grad()
+def evaluate(fns: StackFunctions, params: torch.Tensor, x: torch.Tensor, seeds: list[int], elbo_samples: int,
+             iw_samples: int, batch_size: int) -> list[dict[str, float]]:
+    """Per run r of params [R, N]: mean ELBO, its terms and (iw_samples > 0) the IW log p(x) over the rows
+    of x [M, P], in nats per image, with noise from a generator seeded `seeds[r]`.
 
-    def __init__(self, cfg: RunConfig, data: RunData, layout: ResultsLayout, device: torch.device,
-                 on_progress: ProgressFn | None = None):
+    Each run draws, per batch, its ELBO noise and then its IW chunks, in the order a run alone draws them,
+    so its figures do not depend on the stack it is evaluated in. IW chunks are sized to a memory budget.
+    """
+    n_runs, model = params.shape[0], fns.model
+    gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
+    sums = torch.zeros(3, n_runs, dtype=torch.float64)  # reconstruction, kl, iw_log_px
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]  # [B, P]
+        like = xb.new_empty(xb.shape[0], model.config.latent_dim)  # [B, D]
+        eps = torch.stack([standard_normal(elbo_samples, like, g) for g in gens])  # [R, k, B, D]
+        reconstruction, kl = fns.elbo_terms(params, xb, eps)  # [R, B] each
+        sums[0] += reconstruction.sum(-1).double().cpu()
+        sums[1] += kl.sum(-1).double().cpu()
+        if iw_samples:
+            loc, scale, context = fns.encode(params, xb)  # [R, B, D], [R, B, D], [R, B, C]
+            chunk = iw_chunk_size(iw_samples, n_runs * xb.shape[0], model.floats_per_iw_sample, x.device)
+
+            def chunks():
+                for k0 in range(0, iw_samples, chunk):
+                    c = min(chunk, iw_samples - k0)
+                    eps_iw = torch.stack([standard_normal(c, like, g) for g in gens])  # [R, c, B, D]
+                    yield fns.log_weight(params, xb, loc, scale, context, eps_iw).transpose(0, 1)  # [c, R, B]
+
+            sums[2] += streaming_iw_bound(chunks()).sum(-1).double().cpu()
+    means = (sums / x.shape[0]).tolist()
+    return [{"reconstruction": means[0][r], "kl": means[1][r], "elbo": means[0][r] - means[1][r],
+             "iw_log_px": means[2][r] if iw_samples else math.nan} for r in range(n_runs)]
+
+
+class Run:
+    """One run's lifecycle and bookkeeping; its parameters live in a row of its `Stack`."""
+
+    STATE_KEYS = ("status", "step", "pos", "perm", "best", "best_flat", "evals_since_best", "curves",
+                  "train_seconds", "eval_seconds", "compile_seconds", "first_bad_step", "interval_start")
+
+    def __init__(self, cfg: RunConfig, data: RunData, layout: ResultsLayout, device: torch.device):
         self.cfg, self.data, self.layout, self.device = cfg, data, layout, device
-        self.on_progress = on_progress or (lambda *a: None)
-        t = cfg.train
-        torch.manual_seed(t.seed)
-        self.model = build_vae(cfg.model).to(device)
-        self.optimizer = make_optimizer(t.optimizer, [flatten_parameters(self.model)], t.lr)
-        if t.compile:
-            torch._dynamo.reset()  # one run's guards must not pile up towards dynamo's recompile limit
-        self.fns = RunFunctions.compile() if t.compile else EAGER
-        self.compile_error, self.compile_checked, self.compile_seconds = "", False, 0.0
-        self.gen_noise = torch.Generator(device=device).manual_seed(t.seed)
-        self.gen_data = torch.Generator(device=device).manual_seed(t.seed + 1_000_003)
-        self.step, self.pos = 0, 0
+        seed = cfg.train.seed
+        self.gen_noise = torch.Generator(device=device).manual_seed(seed)
+        self.gen_data = torch.Generator(device=device).manual_seed(seed + DATA_SEED_OFFSET)
+        self.status = "training"  # -> "trained" (max_steps or patience) | "diverged"
+        self.step = self.pos = self.interval_start = 0
         self.perm = self._new_perm()
         self.best = {"step": 0, "elbo": -math.inf, "iw_log_px": math.nan}
-        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.best_flat: torch.Tensor | None = None
         self.evals_since_best = 0
         self.curves: list[dict] = []
-        self.train_seconds = self.eval_seconds = 0.0
+        self.train_seconds = self.eval_seconds = self.compile_seconds = 0.0
         self.first_bad_step: int | None = None
+        self.resumed_from_step = 0
 
     def _new_perm(self) -> torch.Tensor:
         return torch.randperm(self.data.train.shape[0], generator=self.gen_data, device=self.device)
 
-    def _next_batch(self) -> torch.Tensor:
+    def next_indices(self) -> torch.Tensor:
+        """The next batch's row indices [B]: slices of a per-epoch permutation, drawn from the run's generator."""
         bs = self.cfg.train.batch_size
         if self.pos + bs > self.perm.shape[0]:
             self.perm, self.pos = self._new_perm(), 0
-        batch = self.data.train[self.perm[self.pos:self.pos + bs]]  # [B, P]
+        idx = self.perm[self.pos:self.pos + bs]
         self.pos += bs
+        return idx
+
+    def next_batch(self) -> torch.Tensor:
+        """[B, P]; re-binarized with the run's data generator when the dataset is dynamic."""
+        batch = self.data.train[self.next_indices()]
         return binarize(batch, self.gen_data) if self.data.dynamic else batch
 
-    # -- resumable state --------------------------------------------------------------------------------
-    STATE_KEYS = ("step", "pos", "perm", "best", "best_state", "evals_since_best", "curves", "train_seconds",
-                  "eval_seconds", "first_bad_step")
+    @property
+    def at_eval(self) -> bool:
+        t = self.cfg.train
+        return self.step % t.eval_every == 0 or self.step == t.max_steps
 
-    def save_state(self) -> None:
-        state = {k: getattr(self, k) for k in self.STATE_KEYS}
-        state.update(config_hash=self.cfg.config_hash, model=self.model.state_dict(),
-                     optimizer=self.optimizer.state_dict(), gen_noise=self.gen_noise.get_state(),
-                     gen_data=self.gen_data.get_state())
-        write_torch(state, self.layout.state(self.cfg.run_id))
-
-    def load_state(self) -> bool:
-        """Resume from the saved training state; False (fresh start) if there is none or it is unusable."""
-        path = self.layout.state(self.cfg.run_id)
-        if not path.exists():
-            return False
-        fresh_model = copy.deepcopy(self.model.state_dict())
-        fresh_optimizer = copy.deepcopy(self.optimizer.state_dict())
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            if state["config_hash"] != self.cfg.config_hash:
-                return False
-            values = {k: state[k] for k in self.STATE_KEYS}
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.gen_noise.set_state(state["gen_noise"].cpu())
-            self.gen_data.set_state(state["gen_data"].cpu())
-        except Exception:  # a damaged state file costs a restart, never a wrong result
-            self.model.load_state_dict(fresh_model)  # in place: the flat parameter buffer stays linked
-            self.optimizer.load_state_dict(fresh_optimizer)
-            return False
-        for k, v in values.items():
-            setattr(self, k, v)
-        return True
-
-    def _train_step(self, batch: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """`train_step` with this run's functions; a compile failure (first call) falls back to eager.
-
-        The first compiled call's time is booked as `compile_seconds` and taken off `train_seconds`.
-        """
-        args = (self.model, self.optimizer, batch, self.gen_noise, beta, self.cfg.train.grad_clip)
-        if not self.fns.compiled or self.compile_checked:
-            return train_step(*args, fns=self.fns)
-        noise_state, t0 = self.gen_noise.get_state(), time.perf_counter()
-        try:
-            out = train_step(*args, fns=self.fns)
-        except Exception as err:  # e.g. no C++ compiler for inductor: record why, train eagerly
-            self.compile_error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            self.fns, out = EAGER, None
-            self.gen_noise.set_state(noise_state)
-        self.compile_checked = True
-        self.compile_seconds = time.perf_counter() - t0  # a failed attempt is not training time either
-        self.train_seconds -= self.compile_seconds
-        return out if out is not None else train_step(*args, fns=self.fns)
-
-    # -- the loop ---------------------------------------------------------------------------------------
-    def _evaluate_valid(self, interval: dict) -> bool:
-        """Record validation (and the training interval's averages); returns True if patience ran out."""
-        t0 = time.perf_counter()
-        ev, e = self.cfg.eval, self.cfg
-        figures = evaluate(self.model, self.data.valid, ev.elbo_samples, ev.valid_iw_samples,
-                           e.data.eval_batch_size, seed=e.train.seed + 17, log_weight=self.fns.log_weight)
-        self.eval_seconds += time.perf_counter() - t0
-        ex_per_s = self.step * e.train.batch_size / max(self.train_seconds, 1e-9)
-        common = {"run_id": e.run_id, "step": self.step, "train_examples_per_s": ex_per_s,
+    def record_validation(self, figures: dict, interval: dict, flat: torch.Tensor) -> None:
+        """Curves, best checkpoint, patience and divergence after one validation of the weights `flat` [N]."""
+        t = self.cfg.train
+        common = {"run_id": self.cfg.run_id, "step": self.step,
+                  "train_examples_per_s": self.step * t.batch_size / max(self.train_seconds, 1e-9),
                   "wall_seconds": self.train_seconds + self.eval_seconds}
         self.curves.append({**common, "split": "train", **interval, "iw_log_px": math.nan})
         self.curves.append({**common, "split": "valid", **figures})
-        write_parquet(self.curves_frame(), self.layout.curves(e.run_id))
+        write_parquet(pd.DataFrame(self.curves), self.layout.curves(self.cfg.run_id))
+        if not math.isfinite(figures["elbo"]):  # non-finite weights: divergence, never "not better"
+            self.status, self.first_bad_step = "diverged", self.first_bad_step or self.step
+            return
         if figures["elbo"] > self.best["elbo"]:
             self.best = {"step": self.step, "elbo": figures["elbo"], "iw_log_px": figures["iw_log_px"]}
-            self.best_state = copy.deepcopy(self.model.state_dict())
-            atomic_write(self.layout.checkpoint(e.run_id), self.model.save)
+            self.best_flat = flat.clone()
             self.evals_since_best = 0
         else:
             self.evals_since_best += 1
-        return bool(e.train.patience) and self.evals_since_best >= e.train.patience
+        if self.step >= t.max_steps or (t.patience and self.evals_since_best >= t.patience):
+            self.status = "trained"
 
-    def curves_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.curves)
+    def save_state(self, flat: torch.Tensor, opt_state: tuple[torch.Tensor, ...], t: torch.Tensor) -> None:
+        state = {k: getattr(self, k) for k in self.STATE_KEYS}
+        state.update(config_hash=self.cfg.config_hash, flat=flat.clone(), opt_state=[s.clone() for s in opt_state],
+                     t=t.clone(),
+                     gen_noise=self.gen_noise.get_state(), gen_data=self.gen_data.get_state())
+        write_torch(state, self.layout.state(self.cfg.run_id))
 
-    def train(self) -> str:
-        """Train until max_steps, early stop or divergence; returns 'completed' or 'diverged'."""
-        t = self.cfg.train
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-        rec_sum = next(self.model.parameters()).new_zeros(())
-        kl_sum = rec_sum.clone()
-        interval_start = self.step
-        _sync(self.device)
+    def load_state(self, n_params: int, n_state: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None:
+        """The saved (flat, optimizer state, t) and this run's restored bookkeeping; None (and nothing
+        changed) if there is no usable state for this config."""
+        path = self.layout.state(self.cfg.run_id)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state["config_hash"] != self.cfg.config_hash:
+                return None
+            values = {k: state[k] for k in self.STATE_KEYS}
+            flat, opt_state, t = state["flat"], list(state["opt_state"]), state["t"]
+            if flat.shape != (n_params,) or len(opt_state) != n_state or any(s.shape != flat.shape for s in opt_state):
+                return None
+            gen_noise, gen_data = state["gen_noise"].cpu(), state["gen_data"].cpu()
+        except Exception:  # a damaged state file costs a restart, never a wrong result
+            return None
+        for k, v in values.items():
+            setattr(self, k, v)
+        self.gen_noise.set_state(gen_noise)
+        self.gen_data.set_state(gen_data)
+        self.resumed_from_step = self.step
+        return flat, opt_state, t
+
+
+class Stack:
+    """R runs of one architecture and optimizer (configs differing only in per-run keys), trained as one
+    stacked model. `run()` yields each run with its test figures (None if diverged) as it finishes."""
+
+    def __init__(self, cfgs: list[RunConfig], data: RunData, layout: ResultsLayout, device: torch.device,
+                 on_progress: ProgressFn | None = None):
+        self.cfgs, self.data, self.layout, self.device = cfgs, data, layout, device
+        self.on_progress = on_progress or (lambda *a: None)
+        first = cfgs[0]
+        self.optimizer = OPTIMIZERS[first.train.optimizer]
+        flats = []
+        for cfg in cfgs:  # each run's init is the one it gets alone: seeded by its seed
+            torch.manual_seed(cfg.train.seed)
+            model = build_vae(cfg.model).to(device)
+            flats.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        self.template: VAE = model  # its own parameter values are never used for training: rows are
+        self.template_flat = flatten_parameters(self.template)
+        self.fns = StackFunctions(self.template, self.optimizer, compile=first.train.compile)
+        self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]
+        self.flat = torch.stack(flats)  # [R, N]
+        self.opt_state = self.optimizer.init(self.flat)  # leaves [R, N]
+        self.t = self.flat.new_zeros(len(cfgs))  # [R] optimizer steps taken
+        self.compile_seconds = 0.0
+        self._compiled_sizes: set[int] = set()
+
+    # -- state ------------------------------------------------------------------------------------------
+    def load_states(self) -> None:
+        """Resume every run that has a usable saved state; the others start fresh."""
+        for r, run in enumerate(self.runs):
+            loaded = run.load_state(self.flat.shape[1], len(self.opt_state))
+            if loaded is None:
+                continue
+            flat, opt_state, t = loaded
+            self.flat[r], self.t[r] = flat, t
+            for leaf, saved in zip(self.opt_state, opt_state):
+                leaf[r] = saved
+
+    def save_checkpoint(self, run: Run) -> None:
+        """`checkpoints/<run_id>.pt`: the run's best-on-validation weights, loadable with `load_vae`."""
+        self.template_flat.data.copy_(run.best_flat)
+        atomic_write(self.layout.checkpoint(run.cfg.run_id), self.template.save)
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def _evaluate(self, runs: list[Run], params: torch.Tensor, split: str) -> list[dict]:
         t0 = time.perf_counter()
-        while self.step < t.max_steps:
-            batch = self._next_batch()
-            rec, kl = self._train_step(batch, kl_weight(self.step, t.kl_warmup_steps))
-            self.step += 1
-            ok = torch.isfinite(rec) & torch.isfinite(kl)
-            first_bad = torch.where(finite & ~ok, self.step, first_bad)
-            finite = finite & ok
-            rec_sum, kl_sum = rec_sum + rec, kl_sum + kl
-            at_eval = self.step % t.eval_every == 0 or self.step == t.max_steps
-            if self.step % t.check_every == 0 or at_eval:
-                if not bool(finite):
-                    self.first_bad_step = int(first_bad)
-                    self.train_seconds += time.perf_counter() - t0
-                    return "diverged"
-                n = (self.step - interval_start) * t.batch_size
-                elapsed = self.train_seconds + time.perf_counter() - t0
-                self.on_progress(self.step, t.max_steps, (rec_sum - kl_sum).item() / n,
-                                 self.step * t.batch_size / max(elapsed, 1e-9))
-            if at_eval:
-                _sync(self.device)
-                self.train_seconds += time.perf_counter() - t0
-                interval = {"reconstruction": rec_sum.item() / n, "kl": kl_sum.item() / n}
-                interval["elbo"] = interval["reconstruction"] - interval["kl"]
-                stop = self._evaluate_valid(interval)
-                self.save_state()
-                rec_sum, kl_sum, interval_start = rec_sum.new_zeros(()), kl_sum.new_zeros(()), self.step
-                if stop:
-                    break
-                _sync(self.device)
-                t0 = time.perf_counter()
-        return "completed"
-
-    def test(self) -> dict[str, float]:
-        """Test figures of the best-on-validation weights."""
-        self.model.load_state_dict(self.best_state)
-        t0 = time.perf_counter()
-        ev = self.cfg.eval
-        figures = evaluate(self.model, self.data.test, ev.elbo_samples, ev.iw_samples,
-                           self.cfg.data.eval_batch_size, seed=self.cfg.train.seed + 29,
-                           log_weight=self.fns.log_weight)
-        self.eval_seconds += time.perf_counter() - t0
+        cfg = runs[0].cfg
+        ev = cfg.eval
+        x, offset, k = ((self.data.valid, VALID_SEED_OFFSET, ev.valid_iw_samples) if split == "valid"
+                        else (self.data.test, TEST_SEED_OFFSET, ev.iw_samples))
+        figures = evaluate(self.fns, params, x, [r.cfg.train.seed + offset for r in runs], ev.elbo_samples, k,
+                           cfg.data.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        for run in runs:
+            run.eval_seconds += seconds
         return figures
+
+    def test(self, runs: list[Run]) -> list[dict]:
+        """Test figures of each run's best-on-validation weights, all runs evaluated at once."""
+        return self._evaluate(runs, torch.stack([r.best_flat for r in runs]), "test")
+
+    # -- training ---------------------------------------------------------------------------------------
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of every live run (after `prepare`); returns the batch sums (reconstruction, kl) [R_live]."""
+        live = self.live
+        if self.data.dynamic:
+            batch = torch.stack([run.next_batch() for run in live])  # [R, B, P]
+        else:
+            batch = self.data.train[torch.stack([run.next_indices() for run in live])]  # [R, B, P]
+        like = batch.new_empty(batch.shape[1], self.template.config.latent_dim)  # [B, D]
+        eps = torch.stack([standard_normal(1, like, run.gen_noise) for run in live])  # [R, 1, B, D]
+        args = (self.flat, self.opt_state, self.t, batch, eps, self.lr, self.warmup, self.clip, self.active)
+        if self.fns.compiled and len(live) not in self._compiled_sizes:  # compile time is not training time
+            _sync(self.device)
+            c0 = time.perf_counter()
+            out = self.fns.train_step(*args)
+            _sync(self.device)
+            seconds = time.perf_counter() - c0
+            self._compiled_sizes.add(len(live))
+            self.compile_seconds += seconds
+            self._timer0 += seconds
+        else:
+            out = self.fns.train_step(*args)
+        self.flat, self.opt_state, t_next, rec, kl, ok = out
+        self.first_bad = torch.where(self.active & ~ok & (self.first_bad < 0), self.t.long() + 1, self.first_bad)
+        self.t, self.active = t_next, ok
+        return rec, kl
+
+    def _keep(self, keep: list[int]) -> None:
+        """Shrink the stack to the live rows `keep`."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.live = [self.live[i] for i in keep]
+        self.flat, self.t, self.active, self.first_bad = (self.flat[idx], self.t[idx], self.active[idx],
+                                                          self.first_bad[idx])
+        self.opt_state = tuple(s[idx] for s in self.opt_state)
+        self.lr, self.warmup, self.clip = self.lr[idx], self.warmup[idx], self.clip[idx]
+        self.rec_sum, self.kl_sum = self.rec_sum[idx], self.kl_sum[idx]
+
+    def prepare(self) -> None:
+        """Per-run hyperparameters and flags on the device, every run live (call after `load_states`)."""
+        runs = self.runs
+        self.lr = self.flat.new_tensor([r.cfg.train.lr for r in runs])
+        self.warmup = self.flat.new_tensor([float(r.cfg.train.kl_warmup_steps) for r in runs])
+        self.clip = self.flat.new_tensor([r.cfg.train.grad_clip for r in runs])
+        self.active = torch.ones(len(runs), dtype=torch.bool, device=self.device)
+        self.first_bad = torch.full((len(runs),), -1, dtype=torch.long, device=self.device)
+        self.rec_sum, self.kl_sum = self.flat.new_zeros(len(runs)), self.flat.new_zeros(len(runs))
+        self.live = list(runs)
+        self._timer0 = time.perf_counter()
+
+    def run(self) -> Iterator[tuple[Run, dict | None]]:
+        """Train every run to its end and test it; yields (run, test figures or None if diverged)."""
+        self.prepare()
+        yield from self._retire()  # runs resumed after they had finished training
+        train = self.runs[0].cfg.train
+        _sync(self.device)
+        self._timer0 = time.perf_counter()
+        while self.live:
+            rec, kl = self.step()
+            self.rec_sum, self.kl_sum = self.rec_sum + rec, self.kl_sum + kl
+            for run in self.live:
+                run.step += 1
+            due = [i for i, run in enumerate(self.live) if run.at_eval]
+            if not due and self.live[0].step % train.check_every:
+                continue
+            self._check()
+            self._validate([i for i in due if self.live[i].status == "training"])
+            yield from self._retire()
+            _sync(self.device)
+            self._timer0 = time.perf_counter()
+
+    def _check(self) -> None:
+        """Host check: a frozen (non-finite) row ends its run as diverged; training time is booked; progress."""
+        _sync(self.device)
+        now = time.perf_counter()
+        for run, ok, bad in zip(self.live, self.active.tolist(), self.first_bad.tolist()):
+            run.train_seconds += now - self._timer0
+            if not ok:
+                run.status, run.first_bad_step = "diverged", bad
+        self._timer0 = now
+        run0 = self.live[0]
+        bs = run0.cfg.train.batch_size
+        examples = sum(run.step for run in self.live if run.status == "training") * bs
+        elbo = (self.rec_sum[0] - self.kl_sum[0]).item() / (max(run0.step - run0.interval_start, 1) * bs)
+        self.on_progress(run0.step, run0.cfg.train.max_steps, elbo, examples / max(run0.train_seconds, 1e-9))
+
+    def _validate(self, due: list[int]) -> None:
+        """Validate the due live rows together; record, checkpoint and save each run's state."""
+        if not due:
+            return
+        runs = [self.live[i] for i in due]
+        idx = torch.tensor(due, dtype=torch.long, device=self.device)
+        figures = self._evaluate(runs, self.flat[idx], "valid")
+        rec, kl = self.rec_sum[idx].tolist(), self.kl_sum[idx].tolist()
+        for i, run, fig, r, k in zip(due, runs, figures, rec, kl):
+            n = (run.step - run.interval_start) * run.cfg.train.batch_size
+            interval = {"reconstruction": r / n, "kl": k / n, "elbo": (r - k) / n}
+            best_step = run.best["step"]
+            run.record_validation(fig, interval, self.flat[i])
+            if run.best["step"] != best_step:
+                self.save_checkpoint(run)
+            run.interval_start = run.step
+            run.compile_seconds = self.compile_seconds
+            run.save_state(self.flat[i], tuple(s[i] for s in self.opt_state), self.t[i])
+        self.rec_sum[idx] = 0.0
+        self.kl_sum[idx] = 0.0
+
+    def _retire(self) -> Iterator[tuple[Run, dict | None]]:
+        """Remove the runs that stopped from the stack, test those that trained (together), yield them all."""
+        done = [run for run in self.live if run.status != "training"]
+        if not done:
+            return
+        self._keep([i for i, run in enumerate(self.live) if run.status == "training"])
+        for run in done:
+            if run.status == "trained" and run.best_flat is None:
+                run.status = "diverged"
+        tested = [run for run in done if run.status == "trained"]
+        figures = dict(zip(map(id, tested), self.test(tested))) if tested else {}
+        for run in done:
+            run.compile_seconds = self.compile_seconds
+            yield run, figures.get(id(run))

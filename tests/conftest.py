@@ -14,6 +14,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# `@pytest.mark.parametrize("device", DEVICES)`: every such test also runs on CUDA where torch sees a GPU
+DEVICES = [pytest.param("cpu"),
+           pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="torch sees no CUDA device"))]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from tests.conftest import DEVICES
 from vae_core import POSTERIORS, PRIORS, CheckpointError, build_vae, load_vae
 
 B, K = 3, 4  # inputs, samples per input
@@ -168,3 +169,29 @@ def test_contract(posterior, prior, latent_dim, architecture, data_dim, kl, tmp_
     check_damaged_checkpoints(tmp_path)
     check_float64(model, x, tmp_path)
     check_gradients(model, x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("posterior, prior", [(q, p) for q in POSTERIORS for p in PRIORS])
+def test_contract_on_device(posterior, prior, device):
+    """Every family on the device: its deterministic parts give the CPU's numbers, the estimators are finite
+    with generators on that device, and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = build_vae({"data_dim": 6, "latent_dim": 3, "posterior": posterior, "prior": prior, "hidden": [8],
+                       "prior_components": 3})
+    on_device = copy.deepcopy(model).to(device)
+    x = torch.bernoulli(torch.full((B, 6), 0.3), generator=gen(0))  # [B, P]
+    z = torch.randn(5, 3, generator=gen(1))  # [5, D]
+    with torch.no_grad():
+        for name, a, b in [("encoder", model.encoder(x), on_device.encoder(x.to(device))),
+                           ("decoder", (model.decoder(z),), (on_device.decoder(z.to(device)),)),
+                           ("prior.log_prob", (model.prior.log_prob(z),), (on_device.prior.log_prob(z.to(device)),))]:
+            for u, v in zip(a, b):
+                assert v.device.type == device, name
+                torch.testing.assert_close(v.cpu(), u, rtol=1e-4, atol=1e-4, msg=name)
+        g = torch.Generator(device=device).manual_seed(2)
+        assert_shape_and_finite(on_device.iw_log_px(x.to(device), k=5, generator=g), (B,), "iw_log_px")
+        assert_shape_and_finite(on_device.sample(4, g), (4, 6), "sample")
+    loss = -on_device.elbo(x.to(device), k=2, generator=torch.Generator(device=device).manual_seed(3)).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in on_device.parameters() if p.numel())

@@ -1,15 +1,26 @@
-"""The fast training path computes the same numbers as the plain torch.distributions formulation."""
+"""The fast training path computes the numbers of the plain formulation: closed-form densities = torch.distributions,
+the functional one-graph step = autograd + torch.optim + clip_grad_norm_, compiled = eager."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal
 
-from bench.optim import OPTIMIZERS, flatten_parameters, is_flat, make_optimizer
-from bench.step import EAGER, RunFunctions, autograd_gradients, functional_gradients, train_step
+from bench.optim import OPTIMIZERS, flatten_parameters, is_flat
+from bench.step import FlatLayout, StackFunctions, kl_weight
+from bench.train import evaluate
 from vae_core import build_vae
+
+TORCH_OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False),
+    "adamax": lambda params, lr: torch.optim.Adamax(params, lr=lr, foreach=False),
+    "rmsprop-centered": lambda params, lr: torch.optim.RMSprop(params, lr=lr, centered=True, foreach=False),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, foreach=False),
+}
 
 
 def plain_elbo(model, x, eps):
@@ -40,29 +51,84 @@ def test_bernoulli_log_prob_matches_bce_at_extreme_logits():
     torch.testing.assert_close(bernoulli_log_prob(x, logits), expected)
 
 
-def twin_models(config: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+def binary(shape, seed):
+    return (torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) < 0.3).double()
+
+
+def one_run_args(model, lr, warmup, clip):
+    """Row tensors of one run (R = 1) for `StackFunctions.train_step`: flat [1, N], its state, t, hypers."""
+    flat = FlatLayout(model).flatten(model)[None]
+    return flat, flat.new_tensor([lr]), flat.new_tensor([float(warmup)]), flat.new_tensor([clip])
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_functional_step_trains_like_autograd_and_torch_optim(float64, name):
+    """The one-graph step (eager) = loss.backward(), clip_grad_norm_ and the torch.optim optimizer over the
+    module's separate parameters, with a KL warm-up: same losses every step, same parameters after 6 steps."""
+    config = {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "mog"}
     torch.manual_seed(0)
-    a, b = build_vae(config).double(), build_vae(config).double()
-    b.load_state_dict(a.state_dict())
-    return a, b
+    plain = build_vae(config)
+    ours = build_vae(config)
+    ours.load_state_dict(plain.state_dict())
+    lr, warmup, clip = 1e-2, 4, 5.0
+    reference = TORCH_OPTIMIZERS[name](plain.parameters(), lr)
+    fns = StackFunctions(ours, OPTIMIZERS[name], compile=False)
+    flat, lr_t, warmup_t, clip_t = one_run_args(ours, lr, warmup, clip)
+    state, t, active = OPTIMIZERS[name].init(flat), flat.new_zeros(1), torch.ones(1, dtype=torch.bool)
+    x = binary((16, 784), 5)
+    for step in range(6):
+        eps = torch.randn((1, 16, 4), generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+        reconstruction, kl = plain(x, eps)
+        beta = min(1.0, step / warmup)
+        reference.zero_grad()
+        (-(reconstruction - beta * kl).mean()).backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), clip, foreach=False)
+        reference.step()
+        flat, state, t, rec, kl_sum, ok = fns.train_step(flat, state, t, x[None], eps[None], lr_t, warmup_t,
+                                                         clip_t, active)
+        torch.testing.assert_close((rec[0], kl_sum[0]), (reconstruction.sum(), kl.sum()), rtol=1e-11, atol=1e-9)
+    assert bool(ok) and t.item() == 6
+    expected = FlatLayout(plain).flatten(plain)
+    torch.testing.assert_close(flat[0], expected, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(flat[0], FlatLayout(ours).flatten(ours)), "no update happened"
 
 
-def test_foreach_optimizer_step_equals_plain_step():
-    """The runner's optimizers (foreach) move parameters exactly as the per-tensor implementation."""
-    a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf"})
-    x = (torch.rand(16, 784, dtype=torch.float64) < 0.3).double()
-    for name in ("adam", "adamax", "rmsprop-centered", "sgd"):
-        opt_a = make_optimizer(name, a.parameters(), 1e-3)
-        opt_b = type(opt_a)(b.parameters(), **{**opt_a.defaults, "foreach": False})
-        for _ in range(3):
-            train_step(a, opt_a, x, torch.Generator().manual_seed(1))
-            train_step(b, opt_b, x, torch.Generator().manual_seed(1))
-        for pa, pb in zip(a.parameters(), b.parameters()):
-            torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+def test_clipping_is_per_run_and_zero_means_off(float64):
+    from bench.optim import clip_gradient
+
+    g = torch.tensor([3.0, 4.0])
+    torch.testing.assert_close(clip_gradient(g, torch.tensor(1.0)), g / (5 + 1e-6))
+    assert torch.equal(clip_gradient(g, torch.tensor(0.0)), g)
+    assert torch.equal(clip_gradient(g, torch.tensor(10.0)), g)
+
+
+def test_kl_weight_schedule():
+    steps = torch.tensor([0.0, 1.0, 50.0, 99.0, 100.0, 5000.0])
+    torch.testing.assert_close(kl_weight(steps, torch.tensor(100.0)), torch.tensor([0.0, 0.01, 0.5, 0.99, 1.0, 1.0]))
+    assert torch.equal(kl_weight(steps, torch.tensor(0.0)), torch.ones(6))
+
+
+def test_a_frozen_or_non_finite_run_keeps_its_parameters(float64):
+    """`active` False, or a non-finite loss at this step: parameters, optimizer state and t stay as they were."""
+    torch.manual_seed(0)
+    model = build_vae({"hidden": [8], "latent_dim": 3})
+    fns = StackFunctions(model, OPTIMIZERS["adam"], compile=False)
+    flat, lr, warmup, clip = one_run_args(model, 1e-2, 0, 0.0)
+    state, t = OPTIMIZERS["adam"].init(flat), flat.new_zeros(1)
+    x, eps = binary((1, 4, 784), 1), torch.randn(1, 1, 4, 3)
+    out = fns.train_step(flat, state, t, x, eps, lr, warmup, clip, torch.zeros(1, dtype=torch.bool))
+    assert torch.equal(out[0], flat) and torch.equal(out[2], t) and not bool(out[5])
+    out = fns.train_step(flat, state, t, x, eps * math.nan, lr, warmup, clip, torch.ones(1, dtype=torch.bool))
+    assert torch.equal(out[0], flat) and torch.equal(out[2], t) and not bool(out[5])
+    out = fns.train_step(flat, state, t, x, eps, lr, warmup, clip, torch.ones(1, dtype=torch.bool))
+    assert not torch.equal(out[0], flat) and out[2].item() == 1 and bool(out[5])
 
 
 def test_flatten_parameters_keeps_values_and_shares_storage():
-    a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "flow"})
+    torch.manual_seed(0)
+    a = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "flow"}).double()
+    b = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "flow"}).double()
+    b.load_state_dict(a.state_dict())
     flat = flatten_parameters(b)
     assert is_flat(b, flat) and flat.numel() == sum(p.numel() for p in a.parameters())
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
@@ -74,83 +140,50 @@ def test_flatten_parameters_keeps_values_and_shares_storage():
     assert not is_flat(b, flat)
 
 
-def test_flat_optimizer_trains_exactly_like_per_tensor_optimizer():
-    """Every optimizer over the one flat buffer moves every parameter as the per-tensor optimizer does,
-    including gradient clipping (which then sees the global norm over the same numbers)."""
-    x = (torch.rand(16, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) < 0.3).double()
-    for name in OPTIMIZERS:
-        a, b = twin_models({"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "mog"})
-        opt_a = make_optimizer(name, a.parameters(), 1e-2)
-        flat = flatten_parameters(b)
-        opt_b = make_optimizer(name, [flat], 1e-2)
-        ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-        for step in range(4):
-            out_a = train_step(a, opt_a, x, ga, beta=0.5, grad_clip=5.0)
-            out_b = train_step(b, opt_b, x, gb, beta=0.5, grad_clip=5.0)
-            torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-9)
-        assert is_flat(b, flat)
-        for (pname, pa), pb in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12, msg=f"{name}: {pname}")
-        assert not torch.equal(flat, torch.cat([p.detach().reshape(-1) for p in twin_models(
-            {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "mog"})[0].parameters()])), "no update"
-
-
 @pytest.mark.parametrize("config", [{"hidden": [32], "latent_dim": 4},
                                     {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "vamp",
                                      "prior_components": 3}], ids=["mean-field", "iaf-vamp"])
-def test_compiled_step_trains_like_the_eager_step(config):
-    """torch.compile'd ELBO and optimizer update (float64): same losses and parameters as eager, step by step."""
-    x = (torch.rand(16, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) < 0.3).double()
-    a, b = twin_models(config)
-    opt_a = make_optimizer("rmsprop-centered", [flatten_parameters(a)], 1e-2)
-    opt_b = make_optimizer("rmsprop-centered", [flatten_parameters(b)], 1e-2)
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    fns = RunFunctions.compile()
-    ga, gb = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    for _ in range(3):
-        out_a = train_step(a, opt_a, x, ga, beta=0.5, fns=EAGER)
-        out_b = train_step(b, opt_b, x, gb, beta=0.5, fns=fns)
-        torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-8)
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-9, atol=1e-11, msg=name)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # both pieces really were compiled
-
-
-def test_compiled_iw_chunks_give_the_eager_bound():
-    """IW log p(x) with a compiled chunk function (float64): the eager numbers, chunk by chunk."""
+def test_compiled_step_trains_like_the_eager_step(float64, config):
+    """torch.compile of the one-graph step (float64): same losses and parameters as eager, step by step."""
     torch.manual_seed(0)
-    model = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf"}).double()
-    x = (torch.rand(8, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) < 0.3).double()
-    torch._dynamo.reset()
+    model = build_vae(config)
+    eager = StackFunctions(model, OPTIMIZERS["rmsprop-centered"], compile=False)
     torch._dynamo.utils.counters.clear()
-    compiled = RunFunctions.compile().log_weight
-    eager = model.iw_log_px(x, k=50, chunk=20, generator=torch.Generator().manual_seed(2))
-    ours = model.iw_log_px(x, k=50, chunk=20, generator=torch.Generator().manual_seed(2), log_weight=compiled)
-    torch.testing.assert_close(ours, eager, rtol=1e-12, atol=1e-10)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    compiled = StackFunctions(model, OPTIMIZERS["rmsprop-centered"], compile=True)
+    flat, lr, warmup, clip = one_run_args(model, 1e-2, 3, 5.0)
+    runs = {"eager": (eager, flat, OPTIMIZERS["rmsprop-centered"].init(flat), flat.new_zeros(1)),
+            "compiled": (compiled, flat, OPTIMIZERS["rmsprop-centered"].init(flat), flat.new_zeros(1))}
+    x, active = binary((1, 16, 784), 5), torch.ones(1, dtype=torch.bool)
+    for step in range(3):
+        eps = torch.randn((1, 1, 16, 4), generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+        outs = {}
+        for key, (fns, f, s, t) in runs.items():
+            out = fns.train_step(f, s, t, x, eps, lr, warmup, clip, active)
+            runs[key] = (fns, out[0], out[1], out[2])
+            outs[key] = out[3:5]
+        torch.testing.assert_close(outs["compiled"], outs["eager"], rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(runs["compiled"][1], runs["eager"][1], rtol=1e-9, atol=1e-11)
+    assert compiled.compile_error == "" and compiled.step_compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really was compiled
 
 
-def test_functional_gradient_equals_autograd_gradient():
-    """torch.func.grad over the flat parameter vector (uncompiled) = loss.backward() into the flat .grad."""
-    config = {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "vamp", "prior_components": 3}
-    a, _ = twin_models(config)
-    flat = flatten_parameters(a)
-    optimizer = make_optimizer("sgd", [flat], 1e-2)
-    x = (torch.rand(16, 784, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) < 0.3).double()
-    eps = a.noise(1, x, torch.Generator().manual_seed(1))
-    beta = x.new_full((), 0.3)
-    rec, kl = autograd_gradients(a, optimizer, x, eps, beta)
-    gradient, rec_f, kl_f = functional_gradients(a, flat.detach(), x, eps, beta)
-    torch.testing.assert_close((rec_f, kl_f), (rec, kl), rtol=1e-12, atol=1e-10)
-    torch.testing.assert_close(gradient, flat.grad, rtol=1e-10, atol=1e-12)
-    assert flat.grad.abs().sum() > 0
-
-
-def test_compiled_step_refuses_an_optimizer_over_separate_tensors():
+def test_compiled_evaluation_gives_the_eager_figures_and_the_model_methods(float64):
+    """Validation/test figures (ELBO terms and IW log p(x) over several batches and chunks): compiled = eager
+    = the model's own `elbo_terms` / `iw_log_px` with the same generator."""
     torch.manual_seed(0)
-    model = build_vae({"hidden": [8], "latent_dim": 2})
-    optimizer = make_optimizer("sgd", model.parameters(), 1e-2)
-    with pytest.raises(ValueError, match="flatten_parameters"):
-        train_step(model, optimizer, torch.zeros(4, 784), torch.Generator().manual_seed(0),
-                   fns=RunFunctions.compile())
+    model = build_vae({"hidden": [32], "latent_dim": 4, "posterior": "iaf"})
+    x = binary((10, 784), 5)
+    flat = FlatLayout(model).flatten(model)[None]
+    eager = evaluate(StackFunctions(model, OPTIMIZERS["sgd"], compile=False), flat, x, [3], 1, 50, 4)[0]
+    compiled = evaluate(StackFunctions(model, OPTIMIZERS["sgd"], compile=True), flat, x, [3], 1, 50, 4)[0]
+    gen = torch.Generator().manual_seed(3)
+    sums = {"reconstruction": 0.0, "kl": 0.0, "iw_log_px": 0.0}
+    for start in range(0, 10, 4):
+        xb = x[start:start + 4]
+        rec, kl = model.elbo_terms(xb, 1, gen)
+        sums["reconstruction"] += rec.sum().item()
+        sums["kl"] += kl.sum().item()
+        sums["iw_log_px"] += model.iw_log_px(xb, 50, chunk=7, generator=gen).sum().item()
+    for key in sums:
+        assert eager[key] == pytest.approx(sums[key] / 10, rel=1e-12), key
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-10), key

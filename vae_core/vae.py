@@ -82,8 +82,7 @@ class VAE(nn.Module):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         loc, scale, context = self.encoder(x)
-        width = x.shape[-1] + 2 * sum(self.config.hidden) + 4 * self.config.latent_dim
-        chunk = chunk or iw_chunk_size(k, x.shape[0], width, x.device)
+        chunk = chunk or iw_chunk_size(k, x.shape[0], self.floats_per_iw_sample, x.device)
 
         def chunks():
             for start in range(0, k, chunk):
@@ -91,6 +90,11 @@ class VAE(nn.Module):
                 yield log_weight(self, x, loc, scale, context, eps)  # [c, B]
 
         return streaming_iw_bound(chunks())
+
+    @property
+    def floats_per_iw_sample(self) -> int:
+        """Activations per image and sample of one IW chunk (sizes chunks to a memory budget)."""
+        return self.config.data_dim + 2 * sum(self.config.hidden) + 4 * self.config.latent_dim
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,9 @@ def record(benchmark, case: str, side: str, examples_per_call: int) -> None:
     base = SPEEDS.get((case, "baseline"))
     if side != "baseline" and base:
         benchmark.extra_info["ours_over_baseline"] = round(per_s / base, 2)
+    alone = SPEEDS.get((case, "one-at-a-time"))
+    if side == "stacked-9" and alone:
+        benchmark.extra_info["stacked_over_one_at_a_time"] = round(per_s / alone, 2)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -57,10 +60,19 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_terminal_summary(terminalreporter):
-    cases = sorted({case for case, _ in SPEEDS})
+    cases = sorted({case for case, side in SPEEDS if side in ("ours", "ours-compiled", "baseline")})
+    stacked = sorted({case for case, side in SPEEDS if side in ("one-at-a-time", "stacked-9")})
+    tr = terminalreporter
+    if stacked:
+        tr.section("examples/s: 9 runs stacked vs one at a time (both compiled, same run)")
+        tr.write_line(f"{'case':44s} {'one':>9s} {'stacked':>9s} {'ratio':>6s} {'gemm':>9s} {'one/gemm':>8s}")
+        for case in stacked:
+            one, many, gemm = (SPEEDS.get((case, side)) for side in ("one-at-a-time", "stacked-9", "gemm-bound"))
+            tr.write_line(f"{case:44s} {one or 0:9.0f} {many or 0:9.0f} "
+                          f"{(many / one if one and many else 0):6.2f} {gemm or 0:9.0f} "
+                          f"{(one / gemm if one and gemm else 0):8.2f}")
     if not cases:
         return
-    tr = terminalreporter
     tr.section("examples/s: ours vs. plain baseline (same run, same threads)")
     tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
     tr.write_line(f"{'case':44s} {'ours':>9s} {'compiled':>9s} {'baseline':>9s} {'ratio':>6s} {'ratio c':>7s}")

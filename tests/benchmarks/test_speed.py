@@ -3,11 +3,16 @@ baseline in the same run. `pytest --benchmark-only` times them; the plain test c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from bench.optim import flatten_parameters, make_optimizer
-from bench.step import EAGER, RunFunctions, train_step
+from bench.gridfile import parse_grid
+from bench.optim import OPTIMIZERS
+from bench.step import FlatLayout, StackFunctions
+from bench.storage import ResultsLayout
+from bench.train import RunData, Stack, evaluate
 from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
                                        baseline_train_step)
 from tests.benchmarks.conftest import record
@@ -28,26 +33,27 @@ FAMILIES = {
 }
 
 
-def our_block(model, images: torch.Tensor, compiled: bool):
-    """STEPS steps the way the runner trains: resident data, index slices of a permutation, flat parameters,
-    optionally compiled (the shipped grids' setting; compilation happens in the untimed warm-up)."""
-    optimizer = make_optimizer("rmsprop-centered", [flatten_parameters(model)], 1e-3)
-    if compiled:
-        torch._dynamo.reset()
-    fns = RunFunctions.compile() if compiled else EAGER
-    gen = torch.Generator().manual_seed(0)
-    batches_per_epoch = images.shape[0] // BATCH
-    state = {"perm": torch.randperm(images.shape[0], generator=gen), "next": 0}
+def stack_configs(model: dict, optimizer: str, seeds=(0,), lrs=(1e-3,), compiled: bool = False):
+    """Run configs of one architecture: seeds x lrs (a stack of 9 with 3 of each), as the runner gets them."""
+    return parse_grid({"name": "bench", "model": model,
+                       "train": {"optimizer": optimizer, "batch_size": BATCH, "compile": compiled,
+                                 "check_every": 10**6},
+                       "grid": {"train.seed": list(seeds), "train.lr": list(lrs)}})
+
+
+def our_block(cfgs, images: torch.Tensor, tmp: Path):
+    """STEPS steps of a `Stack` the way the runner trains it (resident data, each run's own permutation and
+    noise, the one-graph step; compiled if the configs say so, compilation in the untimed warm-up)."""
+    data = RunData(train=images, valid=images[:1], test=images[:1], dynamic=False, digest="bench")
+    stack = Stack(cfgs, data, ResultsLayout(tmp), torch.device("cpu"))
+    stack.prepare()
 
     def block():  # each call continues through the epoch (fresh rows, as the runner and the DataLoader see)
         for _ in range(STEPS):
-            if state["next"] == batches_per_epoch:
-                state["perm"], state["next"] = torch.randperm(images.shape[0], generator=gen), 0
-            i = state["next"]
-            train_step(model, optimizer, images[state["perm"][i * BATCH:(i + 1) * BATCH]], gen, fns=fns)
-            state["next"] += 1
+            stack.step()
 
-    block()  # warm-up (compilation, allocator, optimizer state)
+    block()  # warm-up (compilation, allocator)
+    assert not stack.fns.compile_error, stack.fns.compile_error
     return block
 
 
@@ -76,22 +82,22 @@ REFERENCE_CASES = [(family, side) for family in FAMILIES
 
 
 @pytest.mark.parametrize("family,side", REFERENCE_CASES, ids=[f"{f}-{s}" for f, s in REFERENCE_CASES])
-def test_train_step_reference_arch(benchmark, train_images, family, side):
+def test_train_step_reference_arch(benchmark, train_images, tmp_path, family, side):
     """Each family's sides run back to back, so a drift in machine speed hits ours and the baseline alike."""
     torch.manual_seed(0)
     if side == "baseline":
         block = baseline_block(BaselineVAE(iaf=family == "iaf"), train_images)
     else:
-        block = our_block(build_vae({**REFERENCE, **FAMILIES[family]}), train_images, side == "ours-compiled")
+        cfgs = stack_configs({**REFERENCE, **FAMILIES[family]}, "rmsprop-centered", compiled=side == "ours-compiled")
+        block = our_block(cfgs, train_images, tmp_path)
     run(benchmark, block, f"train ref 784-256-256 z128 {family}", side, STEPS * BATCH, rounds=TRAIN_ROUNDS)
 
 
 @pytest.mark.parametrize("side", ["ours", "ours-compiled"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_train_step_seed000_arch(benchmark, train_images, family, side):
-    torch.manual_seed(0)
-    model = build_vae({**SEED000, **FAMILIES[family]})
-    run(benchmark, our_block(model, train_images, side == "ours-compiled"), f"train seed000 784-512 z32 {family}",
+def test_train_step_seed000_arch(benchmark, train_images, tmp_path, family, side):
+    cfgs = stack_configs({**SEED000, **FAMILIES[family]}, "rmsprop-centered", compiled=side == "ours-compiled")
+    run(benchmark, our_block(cfgs, train_images, tmp_path), f"train seed000 784-512 z32 {family}",
         side, STEPS * BATCH, rounds=TRAIN_ROUNDS)
 
 
@@ -101,9 +107,9 @@ def test_iw_log_px_k1000(benchmark, iw_test_images, side):
     x = iw_test_images
     if side != "baseline":
         model = build_vae(REFERENCE)
-        torch._dynamo.reset()
-        fns = RunFunctions.compile() if side == "ours-compiled" else EAGER
-        fn = lambda: model.iw_log_px(x, k=1000, log_weight=fns.log_weight)  # noqa: E731
+        fns = StackFunctions(model, OPTIMIZERS["sgd"], compile=side == "ours-compiled")
+        flat = FlatLayout(model).flatten(model)[None]  # [1, N]
+        fn = lambda: evaluate(fns, flat, x, [0], 1, 1000, x.shape[0])  # noqa: E731
         fn()  # warm-up (compilation)
     else:
         model = BaselineVAE(iaf=False)

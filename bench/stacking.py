@@ -1,0 +1,99 @@
+"""Which runs train together: runs whose resolved configs differ only in per-run keys form a group, and a
+group is cut into stacks of at most the chosen size (`vaebench run --stack auto|N`).
+
+Per-run keys (each run of a stack keeps its own value): `train.seed`, `train.lr`, `train.kl_warmup_steps`,
+`train.grad_clip`, `train.patience`. Everything else (architecture, families, optimizer, batch size,
+steps, evaluation protocol, data, compile) must be equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from bench.config import RunConfig
+from bench.errors import UserError
+
+PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience")
+
+# `--stack auto` on the CPU: stack only where one run's step is dominated by per-op overhead rather than
+# by its matmuls. Measured on a 2-core CPU (README, Speed): stacking pays for flow posteriors at small
+# widths and costs nothing measurable elsewhere only up to a few runs; GEMM-bound models gain nothing.
+CPU_AUTO_MAX_PARAMS = 400_000  # a run's parameter count below which its step is overhead-bound on the CPU
+CPU_AUTO_SIZE = 9
+CUDA_AUTO_SIZE = 64  # one run is launch-bound on a GPU: stack a whole group (memory permitting)
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """One stack: its runs (one or more) and why it has this size."""
+
+    configs: tuple[RunConfig, ...]
+    reason: str
+
+    @property
+    def stack_id(self) -> str:
+        """The run id for a stack of one; else grid-variant-xR-hash of the member run ids."""
+        if len(self.configs) == 1:
+            return self.configs[0].run_id
+        first = self.configs[0]
+        digest = hashlib.sha256(",".join(c.run_id for c in self.configs).encode()).hexdigest()[:8]
+        return f"{first.grid}-{first.variant}-x{len(self.configs)}-{digest}"
+
+
+def stack_key(cfg: RunConfig) -> str:
+    """Equal for configs that may share a stack: the resolved config without the per-run keys."""
+    shared = {k: v for k, v in cfg.flat().items() if k not in PER_RUN_KEYS}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def parse_stack(value: str) -> int | None:
+    """`--stack`: 'auto' -> None, else a whole number >= 1."""
+    if value == "auto":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UserError(f"--stack must be 'auto' or a whole number >= 1; got {value!r}")
+    return size
+
+
+def auto_size(cfg: RunConfig, n_params: int, device: str) -> tuple[int, str]:
+    """The stack size `--stack auto` picks for a group, and why."""
+    if device == "cuda":
+        return CUDA_AUTO_SIZE, "auto: GPU, one run is launch-bound"
+    if n_params <= CPU_AUTO_MAX_PARAMS and cfg.model.posterior != "mean-field":
+        return CPU_AUTO_SIZE, f"auto: CPU, flow posterior with {n_params:,} parameters per run"
+    return 1, f"auto: CPU, {n_params:,} parameters per run: stacking does not pay"
+
+
+def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[StackPlan]:
+    """Group stackable runs (grid order kept) and cut each group into near-equal stacks of <= size runs
+    (size None: `auto_size` per group)."""
+    groups: dict[str, list[RunConfig]] = {}
+    for cfg in runs:
+        groups.setdefault(stack_key(cfg), []).append(cfg)
+    plans = []
+    for members in groups.values():
+        if size is None:
+            limit, reason = auto_size(members[0], parameter_count(members[0]), device)
+        else:
+            limit, reason = size, f"--stack {size}"
+        n_stacks = math.ceil(len(members) / limit)
+        base, extra = divmod(len(members), n_stacks)
+        start = 0
+        for i in range(n_stacks):
+            end = start + base + (i < extra)
+            plans.append(StackPlan(tuple(members[start:end]), reason))
+            start = end
+    return plans
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    from vae_core import build_vae
+
+    return sum(p.numel() for p in build_vae(cfg.model).parameters())

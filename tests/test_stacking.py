@@ -1,0 +1,250 @@
+"""Stacked runs: run r of a stack computes what it computes alone (float64, every family and optimizer),
+keeps its own lifecycle (divergence, early stopping, checkpoints), and resumes after a kill."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import bench.step
+from bench.cli import app
+from bench.gridfile import parse_grid
+from bench.optim import OPTIMIZERS
+from bench.stacking import PER_RUN_KEYS, plan_stacks, stack_key
+from bench.storage import ResultsLayout
+from bench.train import RunData, Stack
+from tests.conftest import DEVICES
+from vae_core.posteriors import POSTERIORS
+from vae_core.priors import PRIORS
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = [(q, p) for q in POSTERIORS for p in PRIORS]
+# per run: seed, lr, KL warm-up, clipping norm[, patience] (all differ between the runs of a stack)
+PER_RUN = [(0, 3e-3, 0, 0.0), (1, 1e-2, 20, 0.0), (2, 3e-2, 0, 0.5)]
+
+
+def configs(posterior: str, prior: str, optimizer: str, per_run=PER_RUN, **train):
+    model = {"hidden": [8], "latent_dim": 3, "posterior": posterior, "prior": prior, "prior_components": 3}
+    keys = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience")
+    variants = [{"name": f"r{i}", **dict(zip(keys, values))} for i, values in enumerate(per_run)]
+    return parse_grid({"name": "s", "model": model,
+                       "train": {"optimizer": optimizer, "batch_size": 8, "max_steps": 50, "eval_every": 25,
+                                 "check_every": 5, **train},
+                       "data": {"eval_batch_size": 7}, "eval": {"iw_samples": 6, "valid_iw_samples": 3},
+                       "variant": variants})
+
+
+def synthetic_data(device: str = "cpu") -> RunData:
+    gen = torch.Generator().manual_seed(0)
+    bits = lambda n: (torch.rand(n, 784, generator=gen) < 0.25).to(torch.get_default_dtype()).to(device)  # noqa: E731
+    return RunData(train=bits(40), valid=bits(10), test=bits(9), dynamic=False, digest="synthetic")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("posterior,prior", FAMILIES, ids=[f"{q}+{p}" for q, p in FAMILIES])
+def test_run_k_of_a_stack_trains_exactly_as_alone(float64, one_thread, tmp_path, posterior, prior, optimizer,
+                                                  device):
+    """Same training ELBO terms at every step and the same weights after 50 steps (relative 1e-9), with
+    per-run seeds (init, batches, noise), lrs, KL warm-ups and clipping norms; batches wrap the epoch."""
+    cfgs = configs(posterior, prior, optimizer)
+    data, layout = synthetic_data(device), ResultsLayout(tmp_path)
+    stack = Stack(cfgs, data, layout, torch.device(device))
+    alone = [Stack([cfg], data, layout, torch.device(device)) for cfg in cfgs]
+    for s in (stack, *alone):
+        s.prepare()
+    for _ in range(50):
+        rec, kl = stack.step()  # [3], [3]
+        for r, single in enumerate(alone):
+            rec_1, kl_1 = single.step()  # [1], [1]
+            torch.testing.assert_close((rec[r], kl[r]), (rec_1[0], kl_1[0]), rtol=1e-9, atol=0)
+    for r, single in enumerate(alone):
+        torch.testing.assert_close(stack.flat[r], single.flat[0], rtol=1e-9, atol=1e-12)
+        for leaf, leaf_1 in zip(stack.opt_state, single.opt_state):
+            torch.testing.assert_close(leaf[r], leaf_1[0], rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(stack.flat).all() and bool(stack.active.all())
+    assert not torch.allclose(stack.flat[0], stack.flat[1])  # different seeds: different runs
+
+
+def test_a_stack_of_one_is_the_plain_function_without_vmap(float64, tmp_path):
+    """R = 1 calls `bench.step.train_step` itself on the run's tensors: bit for bit, no batching."""
+    (cfg, *_) = configs("iaf", "vamp", "adam")
+    stack = Stack([cfg], synthetic_data(), ResultsLayout(tmp_path), torch.device("cpu"))
+    stack.prepare()
+    flat, state, t = stack.flat.clone(), tuple(s.clone() for s in stack.opt_state), stack.t.clone()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    stack.step()
+    batch_gen = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
+    idx = torch.randperm(40, generator=batch_gen)[:8]
+    eps = torch.randn((1, 8, 3), generator=gen)
+    out = bench.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
+                                tuple(s[0] for s in state), t[0], stack.data.train[idx], eps, stack.lr[0],
+                                stack.warmup[0], stack.clip[0], torch.tensor(True))
+    assert torch.equal(stack.flat[0], out[0]) and torch.equal(stack.t[0], out[2])
+
+
+def lifecycle(stack: Stack) -> dict[str, dict]:
+    """Each run's outcome from `Stack.run()`: status, steps, best step, validation and test figures, curves."""
+    out = {}
+    for run, test in stack.run():
+        out[run.cfg.variant] = {"status": run.status, "step": run.step, "first_bad_step": run.first_bad_step,
+                                "best": dict(run.best), "test": test, "curves": pd.DataFrame(run.curves)}
+    return out
+
+
+def test_divergence_and_early_stopping_stay_inside_their_run(float64, tmp_path):
+    """A stack of 4: a healthy run, one at lr 1e30 (its weights go non-finite), one whose lr is too small to
+    move the weights (patience 1: stops at the second validation) and another healthy run. Each ends as it
+    ends alone and the healthy ones give the figures they give alone (relative 1e-9): NaNs reach no other run."""
+    per_run = [(0, 3e-3, 0, 0.0), (1, 1e30, 0, 0.0), (2, 1e-30, 0, 0.0, 1), (3, 1e-2, 10, 1.0)]
+    cfgs = configs("iaf", "mog", "sgd", per_run=per_run, max_steps=60, eval_every=15, check_every=5)
+    data = synthetic_data()
+    stacked = lifecycle(Stack(cfgs, data, ResultsLayout(tmp_path / "stack"), torch.device("cpu")))
+    alone = {}
+    for cfg in cfgs:
+        alone.update(lifecycle(Stack([cfg], data, ResultsLayout(tmp_path / cfg.variant), torch.device("cpu"))))
+    assert stacked["r1"]["status"] == "diverged" and stacked["r1"]["first_bad_step"] >= 1
+    assert stacked["r2"]["status"] == "trained" and stacked["r2"]["step"] == 30  # stopped at the 2nd validation
+    assert stacked["r0"]["status"] == stacked["r3"]["status"] == "trained" and stacked["r0"]["step"] == 60
+    for name, a in alone.items():
+        s = stacked[name]
+        assert (s["status"], s["step"], s["first_bad_step"], s["best"]["step"]) == \
+            (a["status"], a["step"], a["first_bad_step"], a["best"]["step"]), name
+        if a["status"] == "trained":
+            for key in ("elbo", "iw_log_px", "reconstruction", "kl"):
+                assert s["test"][key] == pytest.approx(a["test"][key], rel=1e-9), (name, key)
+            pd.testing.assert_frame_equal(s["curves"].drop(columns=["train_examples_per_s", "wall_seconds"]),
+                                          a["curves"].drop(columns=["train_examples_per_s", "wall_seconds"]),
+                                          rtol=1e-9)
+
+
+def test_grouping_keeps_only_per_run_keys_apart():
+    runs = parse_grid({"name": "g", "model": {"hidden": [8], "latent_dim": 2},
+                       "variant": [{"name": "mf"}, {"name": "iaf", "model.posterior": "iaf"}],
+                       "grid": {"train.seed": [0, 1, 2], "train.lr": [1e-3, 3e-3], "train.patience": [0, 2]}})
+    plans = plan_stacks(runs, 5, "cpu")
+    assert sorted(len(p.configs) for p in plans) == [4, 4, 4, 4, 4, 4]  # 12 per variant, cut near-equally
+    for plan in plans:
+        assert len({c.variant for c in plan.configs}) == 1 and len({stack_key(c) for c in plan.configs}) == 1
+    assert set(PER_RUN_KEYS) >= {"train.seed", "train.lr"}
+    assert len(plan_stacks(runs, 1, "cpu")) == 24 and len({p.stack_id for p in plans}) == 6
+    different_steps = parse_grid({"name": "g", "grid": {"train.max_steps": [10, 20]}})
+    assert len(plan_stacks(different_steps, 9, "cpu")) == 2
+
+
+# -- through the runner ----------------------------------------------------------------------------------
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiny_grid_stacked_and_unstacked_agree(tmp_path, shared_data_dir, device):
+    """configs/tiny.toml (float32, real MNIST), --stack 2 vs --stack 1: test IW log p(x) within 0.1 nats run
+    by run, same files and columns, plus the stack's columns."""
+    out = {}
+    for size in ("1", "2"):
+        res = invoke("run", "--grid", str(REPO / "configs" / "tiny.toml"), "--results", str(tmp_path / size),
+                     "--data-dir", str(shared_data_dir), "--stack", size, "--device", device)
+        assert res.exit_code == 0, res.output
+        out[size] = pd.read_parquet(tmp_path / size / "runs").set_index("run_id").sort_index()
+    single, stacked = out["1"], out["2"]
+    assert list(single.index) == list(stacked.index) and set(stacked["status"]) == {"completed"}
+    assert set(single.columns) == set(stacked.columns)
+    assert (single["stack_size"] == 1).all() and (stacked["stack_size"] == 2).all()
+    assert stacked.groupby("stack_id").size().tolist() == [2, 2]
+    assert (stacked["test_iw_log_px"] - single["test_iw_log_px"]).abs().max() < 0.1
+    assert (stacked["best_step"] == single["best_step"]).all()
+    # per-run throughput = its examples / the stack's training seconds: equal within a stack
+    assert stacked.groupby("stack_id")["train_examples_per_s"].nunique().eq(1).all()
+    for size in ("1", "2"):
+        for folder in ("curves", "checkpoints", "state"):
+            assert len(list((tmp_path / size / folder).iterdir())) == 4, (size, folder)
+
+
+KILL_GRID = """
+name = "k"
+[model]
+hidden = [32]
+latent_dim = 4
+posterior = "iaf"
+[train]
+batch_size = 32
+max_steps = 600
+eval_every = 100
+check_every = 20
+[data]
+max_eval_images = 64
+[eval]
+iw_samples = 4
+valid_iw_samples = 2
+[grid]
+"train.seed" = [0, 1, 2]
+"""
+
+
+def test_kill_9_mid_stack_then_resume(tmp_path, shared_data_dir):
+    """A stack of 3 killed with SIGKILL after its first saved state: re-running resumes every run, finishes
+    with no duplicate rows or curve points, and matches an uninterrupted run."""
+    grid = tmp_path / "k.toml"
+    grid.write_text(KILL_GRID)
+    args = ["run", "--grid", str(grid), "--data-dir", str(shared_data_dir), "--stack", "3"]
+    results = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args, "--results", str(results)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    layout = ResultsLayout(results)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            states = list((results / "state").glob("*.pt")) if (results / "state").exists() else []
+            if len(states) == 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the grid finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (results / "runs").exists() or not list((results / "runs").glob("*.parquet"))
+    res = invoke(*args, "--results", str(results))
+    assert res.exit_code == 0, res.output
+    straight = invoke(*args, "--results", str(tmp_path / "straight"))
+    assert straight.exit_code == 0, straight.output
+    resumed = pd.read_parquet(results / "runs").set_index("run_id").sort_index()
+    reference = pd.read_parquet(tmp_path / "straight" / "runs").set_index("run_id").sort_index()
+    assert len(resumed) == 3 and (resumed["resumed_from_step"] > 0).all() and (resumed["steps_done"] == 600).all()
+    for key in ("val_elbo", "test_elbo", "test_iw_log_px", "best_step"):
+        pd.testing.assert_series_equal(resumed[key], reference[key], rtol=1e-5)
+    curves = pd.read_parquet(results / "curves")
+    assert curves.groupby(["run_id", "step", "split"]).size().max() == 1
+    assert sorted(curves["step"].unique()) == list(range(100, 601, 100))
+    assert not list(layout.root.rglob("*.tmp"))
+
+
+def test_rerun_trains_only_what_is_left_of_a_stack(tmp_path, shared_data_dir):
+    grid = tmp_path / "k.toml"
+    grid.write_text(KILL_GRID.replace("max_steps = 600", "max_steps = 100"))
+    args = ["run", "--grid", str(grid), "--data-dir", str(shared_data_dir), "--stack", "3",
+            "--results", str(tmp_path / "r")]
+    assert invoke(*args).exit_code == 0
+    runs = pd.read_parquet(tmp_path / "r" / "runs").set_index("run_id")
+    lost = runs.index[1]
+    layout = ResultsLayout(tmp_path / "r")
+    for path in (layout.run(lost), layout.state(lost), layout.curves(lost)):
+        path.unlink()
+    dry = invoke(*args, "--dry-run")
+    assert "1 stacks for the 1 runs to do" in " ".join(dry.output.split())
+    again = invoke(*args)
+    assert again.exit_code == 0 and "2 already finished (skipped), 1 to run" in again.output
+    rerun = pd.read_parquet(layout.run(lost)).iloc[0]
+    assert rerun["stack_size"] == 1
+    assert rerun["test_iw_log_px"] == pytest.approx(runs.loc[lost, "test_iw_log_px"], abs=1e-3)
