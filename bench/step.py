@@ -117,12 +117,17 @@ def _on_rows(fn: Callable, in_dims: tuple) -> Callable:
     return on_rows
 
 
+def compile_fn(fn: Callable, name: str) -> Callable:
+    """How each of a stack's functions (`name`: train_step, elbo_terms, encode, log_weight) is compiled."""
+    return torch.compile(fn, dynamic=False)
+
+
 class _Fallback:
     """A compiled function that, if a call fails (e.g. no C++ compiler for inductor), records why and runs
     `eager` from then on. Inputs are never mutated, so the failed call is simply made again eagerly."""
 
-    def __init__(self, compiled: Callable, eager: Callable, owner: "StackFunctions"):
-        self.compiled, self.eager, self.owner, self.failed = compiled, eager, owner, False
+    def __init__(self, compiled: Callable, eager: Callable, owner: "StackFunctions", name: str):
+        self.compiled, self.eager, self.owner, self.name, self.failed = compiled, eager, owner, name, False
 
     def __call__(self, *args):
         if not self.failed:
@@ -130,7 +135,8 @@ class _Fallback:
                 return self.compiled(*args)
             except Exception as err:  # compilation errors come in many types
                 self.failed = True
-                self.owner.record_compile_error(err)
+                where = "" if self.name == "train_step" else "evaluation: "
+                self.owner.compile_errors.append(f"{where}{type(err).__name__}: {err}".splitlines()[0][:300])
         return self.eager(*args)
 
 
@@ -154,22 +160,20 @@ class StackFunctions:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                        self.RECOMPILE_LIMIT)
 
-        def wrap(fn: Callable, in_dims: tuple) -> Callable:
+        def wrap(name: str, fn: Callable, in_dims: tuple) -> Callable:
             eager = _on_rows(fn, in_dims)
             if not compile:
                 return eager
-            return _Fallback(torch.compile(_on_rows(fn, in_dims), dynamic=False), eager, self)
+            return _Fallback(compile_fn(_on_rows(fn, in_dims), name), eager, self, name)
 
         step = lambda *a: train_step(model, layout, optimizer, *a)  # noqa: E731
-        self.train_step = wrap(step, (0,) * 9)
-        self.elbo_terms = wrap(lambda f, x, e: elbo_terms(model, layout, f, x, e), (0, None, 0))
-        self.encode = wrap(lambda f, x: encode(model, layout, f, x), (0, None))
-        self.log_weight = wrap(lambda f, x, lo, sc, co, e: log_weight(model, layout, f, x, lo, sc, co, e),
+        self.train_step = wrap("train_step", step, (0,) * 9)
+        self.elbo_terms = wrap("elbo_terms", lambda f, x, e: elbo_terms(model, layout, f, x, e), (0, None, 0))
+        self.encode = wrap("encode", lambda f, x: encode(model, layout, f, x), (0, None))
+        self.log_weight = wrap("log_weight",
+                               lambda f, x, lo, sc, co, e: log_weight(model, layout, f, x, lo, sc, co, e),
                                (0, None, 0, 0, 0, 0))
         self.compiled = compile
-
-    def record_compile_error(self, err: Exception) -> None:
-        self.compile_errors.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
 
     @property
     def compile_error(self) -> str:

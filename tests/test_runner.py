@@ -281,12 +281,12 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
     grid, _, data_dir = small_grid
     eager = execute_run(_task(grid, tmp_path / "eager", data_dir))
 
-    def broken_compile(fn, **kwargs):
+    def broken_compile(fn, name):
         def fail(*args):
             raise RuntimeError("inductor: no working C++ compiler\nsecond line")
         return fail
 
-    monkeypatch.setattr(bench.step.torch, "compile", broken_compile)
+    monkeypatch.setattr(bench.step, "compile_fn", broken_compile)
     compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
     row = execute_run(_task(compiled_grid, tmp_path / "fallback", data_dir))
     assert row["status"] == "completed" and not row["compiled"]
