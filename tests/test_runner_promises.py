@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +58,25 @@ def wrap(monkeypatch: pytest.MonkeyPatch, seam: tuple[object, str], make: Callab
     if isinstance(inspect.getattr_static(owner, name), staticmethod):
         replacement = staticmethod(replacement)
     monkeypatch.setattr(owner, name, replacement)
+
+
+def fake_compile(first_call_delay: float = 0.0, log_weight: Callable | None = None) -> Callable[[], object]:
+    """A stand-in for `Seams.compile`: the eager functions flagged compiled, the first gradient call taking
+    `first_call_delay` seconds longer (compilation time), the IW function replaced by `log_weight` if given."""
+    eager = Seams.eager
+
+    def make():
+        calls = {"n": 0}
+
+        def gradients(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                time.sleep(first_call_delay)
+            return eager.gradients(*args, **kwargs)
+
+        return replace(eager, gradients=gradients, log_weight=log_weight or eager.log_weight, compiled=True)
+
+    return make
 
 
 def beta_of(step: Callable, args: tuple, kwargs: dict) -> float:
@@ -205,25 +225,25 @@ def write_grid(folder: Path, settings: dict[str, object] | None = None, axes: di
 
 
 # ---------------------------------------------------------------------------------------------------- data
-TRAIN_P, EVAL_P, ODD_P = 0.02, 0.2, 0.9  # pixel-on probabilities
-TRAIN_ROWS, EVAL_ROWS = 96, 40  # 3 batches of 32 per epoch; 40 = 13 x 3 + 1
+TRAIN_P, EVAL_P = 0.02, 0.2  # pixel-on probabilities
+TRAIN_ROWS, EVAL_ROWS = 96, 40  # 3 batches of 32 per epoch; 40 = 3 x 13 + 1
 
 
 @pytest.fixture
 def synth_dir(synth, tmp_path: Path) -> Path:
     """Synthetic binarized MNIST: sparse train images, denser validation and test images, each evaluation split
-    ending in one dense image.
+    ending in one blank image.
 
     Training moves the decoder's pixel means from 0.5 towards TRAIN_P, through EVAL_P: the validation ELBO
-    rises, peaks mid-run and falls (lr 3e-3, 48 steps). The dense last image weighs 1/40 of a per-image mean
-    and 1/14 of a per-batch one at eval_batch_size 3.
+    rises, peaks mid-run and falls (lr 3e-3, 48 steps). The blank last image (>100 nats likelier than the
+    others) weighs 1/40 of a per-image mean and 1/4 of a per-batch one at eval_batch_size 13.
     """
     rng = np.random.default_rng(0)
 
     def split(rows: int, p: float, odd: bool) -> np.ndarray:
         x = rng.random((rows, 784)) < p
         if odd:
-            x[-1] = rng.random(784) < ODD_P
+            x[-1] = False
         return x.astype(np.uint8)
 
     splits = {"train": split(TRAIN_ROWS, TRAIN_P, False), "valid": split(EVAL_ROWS, EVAL_P, True),
@@ -442,3 +462,66 @@ def test_sigint_exits_130_and_keeps_completed_rows(tmp_path, synth_dir, stack_si
     kept = pd.read_parquet(layout.run(short))
     assert kept.equals(before) and kept["status"].iloc[0] == "completed"
     assert not layout.run(long).exists()
+
+
+# ======================================================================== 5. throughput accounting
+EVAL_DELAY, COMPILE_DELAY = 0.5, 1.0  # seconds; 12 training steps of the tiny model take well under 0.5 s
+
+
+def test_evaluation_and_compile_time_are_not_training_time(tmp_path, synth_dir, stack_size, monkeypatch):
+    """Two validations and one test evaluation each EVAL_DELAY longer, or a first compiled call COMPILE_DELAY
+    longer: train_examples_per_s implies the same training time; eval/compile seconds take the delays."""
+    grid = write_grid(tmp_path, {"train.max_steps": 12})
+    assert run_grid(grid, tmp_path / "plain", synth_dir, stack_size)[0] == 0
+    plain = rows(tmp_path / "plain").iloc[0]
+
+    with monkeypatch.context() as m:
+        wrap(m, Seams.evaluate, lambda evaluate: lambda *a, **k: (time.sleep(EVAL_DELAY), evaluate(*a, **k))[1])
+        assert run_grid(grid, tmp_path / "slow-eval", synth_dir, stack_size)[0] == 0
+    slow = rows(tmp_path / "slow-eval").iloc[0]
+    assert slow["eval_seconds"] >= 3 * EVAL_DELAY
+    assert slow["eval_seconds"] - plain["eval_seconds"] > 2.5 * EVAL_DELAY
+    assert abs(train_seconds_of(slow) - train_seconds_of(plain)) < EVAL_DELAY  # counted, it would be >= 2x that
+    last_train = curves(tmp_path / "slow-eval", slow["run_id"], "train").iloc[-1]
+    assert 12 * 32 / last_train["train_examples_per_s"] < train_seconds_of(plain) + EVAL_DELAY
+
+    compiled_grid = write_grid(tmp_path, {"train.max_steps": 12, "train.compile": True}, name="c")
+    with monkeypatch.context() as m:
+        wrap(m, Seams.compile, lambda _: fake_compile(first_call_delay=COMPILE_DELAY))
+        assert run_grid(compiled_grid, tmp_path / "slow-compile", synth_dir, stack_size)[0] == 0
+    comp = rows(tmp_path / "slow-compile").iloc[0]
+    assert comp["compiled"] and comp["compile_error"] == "" and comp["compile_seconds"] >= COMPILE_DELAY
+    assert abs(train_seconds_of(comp) - train_seconds_of(plain)) < COMPILE_DELAY / 2
+    first_train = curves(tmp_path / "slow-compile", comp["run_id"], "train").iloc[0]
+    assert 6 * 32 / first_train["train_examples_per_s"] < COMPILE_DELAY / 2
+
+
+# ======================================================================== 6. evaluation over several batches
+def test_evaluation_in_uneven_batches_averages_per_image(tmp_path, synth_dir, stack_size):
+    """40 images in batches of 13 (the blank last image alone in the 4th) give the one-batch means: per image,
+    not per batch (that would weigh the blank image 1/4, ~25 nats here). Noise is drawn batch by batch, so the
+    means agree to Monte-Carlo precision (sd ~0.3 nats with these sample counts), not to the bit."""
+    grid = write_grid(tmp_path, {"train.max_steps": 12, "eval.elbo_samples": 8, "eval.iw_samples": 16,
+                                 "eval.valid_iw_samples": 16}, axes={"data.eval_batch_size": [13, 500]})
+    code, out = run_grid(grid, tmp_path / "results", synth_dir, stack_size)
+    assert code == 0, out
+    runs = rows(tmp_path / "results").set_index("data.eval_batch_size")
+    for col in ("val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px", "test_reconstruction", "test_kl"):
+        assert runs.loc[13, col] == pytest.approx(runs.loc[500, col], abs=2.0), col
+
+
+# ======================================================================== 7. real divergence
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_huge_learning_rate_diverges_with_nan_test_figures(tmp_path, synth_dir, stack_size, compiled):
+    """SGD at lr 1e38 makes the parameters infinite in its first step; the next loss is NaN."""
+    grid = write_grid(tmp_path, {"train.optimizer": "sgd", "train.compile": compiled, "train.max_steps": 12},
+                      axes={"train.lr": [3e-3, 1e38]})
+    code, out = run_grid(grid, tmp_path / "results", synth_dir, stack_size)
+    assert code == 0, out
+    runs = rows(tmp_path / "results").set_index("train.lr")
+    bad, good = runs.loc[1e38], runs.loc[3e-3]
+    assert good["status"] == "completed" and math.isfinite(good["test_elbo"])
+    assert bad["status"] == "diverged" and bad["compiled"] == compiled
+    assert bad["first_bad_step"] == 2 and bad["steps_done"] == 3  # noticed at the next check
+    for col in TEST_FIGURES.values():
+        assert math.isnan(bad[col]), col
