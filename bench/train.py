@@ -163,7 +163,8 @@ class Run:
 
     # -- the loop ---------------------------------------------------------------------------------------
     def _evaluate_valid(self, interval: dict) -> bool:
-        """Record validation (and the training interval's averages); returns True if patience ran out."""
+        """Record validation (and the training interval's averages); returns True if patience ran out or the
+        validation ELBO is not finite (then `first_bad_step` is set)."""
         t0 = time.perf_counter()
         ev, e = self.cfg.eval, self.cfg
         figures = evaluate(self.model, self.data.valid, ev.elbo_samples, ev.valid_iw_samples,
@@ -175,6 +176,9 @@ class Run:
         self.curves.append({**common, "split": "train", **interval, "iw_log_px": math.nan})
         self.curves.append({**common, "split": "valid", **figures})
         write_parquet(self.curves_frame(), self.layout.curves(e.run_id))
+        if not math.isfinite(figures["elbo"]):  # the last step left non-finite weights: divergence
+            self.first_bad_step = self.step
+            return True
         if figures["elbo"] > self.best["elbo"]:
             self.best = {"step": self.step, "elbo": figures["elbo"], "iw_log_px": figures["iw_log_px"]}
             self.best_state = copy.deepcopy(self.model.state_dict())
@@ -221,6 +225,8 @@ class Run:
                 interval = {"reconstruction": rec_sum.item() / n, "kl": kl_sum.item() / n}
                 interval["elbo"] = interval["reconstruction"] - interval["kl"]
                 stop = self._evaluate_valid(interval)
+                if self.first_bad_step is not None:
+                    return "diverged"
                 self.save_state()
                 rec_sum, kl_sum, interval_start = rec_sum.new_zeros(()), kl_sum.new_zeros(()), self.step
                 if stop:

@@ -525,3 +525,20 @@ def test_huge_learning_rate_diverges_with_nan_test_figures(tmp_path, synth_dir, 
     assert bad["first_bad_step"] == 2 and bad["steps_done"] == 3  # noticed at the next check
     for col in TEST_FIGURES.values():
         assert math.isnan(bad[col]), col
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_non_finite_validation_elbo_is_divergence(tmp_path, synth_dir, stack_size, compiled):
+    """The one step's loss is finite (initial weights); the weights it leaves are not, so validation is the
+    first to see them: the run is diverged, never 'completed' with the initial weights tested."""
+    grid = write_grid(tmp_path, {"train.optimizer": "sgd", "train.compile": compiled, "train.max_steps": 1,
+                                 "train.eval_every": 1, "train.check_every": 1}, axes={"train.lr": [3e-3, 1e38]})
+    code, out = run_grid(grid, tmp_path / "results", synth_dir, stack_size)
+    assert code == 0, out
+    runs = rows(tmp_path / "results").set_index("train.lr")
+    bad = runs.loc[1e38]
+    assert runs.loc[3e-3, "status"] == "completed"
+    assert bad["status"] == "diverged" and bad["first_bad_step"] == 1 and bad["steps_done"] == 1
+    assert not math.isfinite(curves(tmp_path / "results", bad["run_id"], "valid")["elbo"].iloc[0])
+    for col in TEST_FIGURES.values():
+        assert math.isnan(bad[col]), col
+
+
