@@ -7,6 +7,7 @@ every `train.check_every` steps, so the loop makes no host sync per step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -161,14 +162,26 @@ class Run:
         self.train_seconds -= self.compile_seconds
         return out if out is not None else train_step(*args, fns=self.fns)
 
+    def _evaluate(self, x: torch.Tensor, iw_samples: int, seed: int) -> dict[str, float]:
+        """`evaluate` with this run's IW function; if the compiled one fails, record why and redo it eagerly
+        (the evaluation seeds its own generator, so the redo draws the same noise)."""
+        args = (self.model, x, self.cfg.eval.elbo_samples, iw_samples, self.cfg.data.eval_batch_size, seed)
+        try:
+            return evaluate(*args, log_weight=self.fns.log_weight)
+        except Exception as err:
+            if self.fns.log_weight is EAGER.log_weight:
+                raise
+            self.compile_error = f"evaluation: {type(err).__name__}: {err}".splitlines()[0][:300]
+            self.fns = dataclasses.replace(self.fns, log_weight=EAGER.log_weight)
+            return evaluate(*args, log_weight=self.fns.log_weight)
+
     # -- the loop ---------------------------------------------------------------------------------------
     def _evaluate_valid(self, interval: dict) -> bool:
         """Record validation (and the training interval's averages); returns True if patience ran out or the
         validation ELBO is not finite (then `first_bad_step` is set)."""
         t0 = time.perf_counter()
-        ev, e = self.cfg.eval, self.cfg
-        figures = evaluate(self.model, self.data.valid, ev.elbo_samples, ev.valid_iw_samples,
-                           e.data.eval_batch_size, seed=e.train.seed + 17, log_weight=self.fns.log_weight)
+        e = self.cfg
+        figures = self._evaluate(self.data.valid, e.eval.valid_iw_samples, seed=e.train.seed + 17)
         self.eval_seconds += time.perf_counter() - t0
         ex_per_s = self.step * e.train.batch_size / max(self.train_seconds, 1e-9)
         common = {"run_id": e.run_id, "step": self.step, "train_examples_per_s": ex_per_s,
@@ -239,9 +252,6 @@ class Run:
         """Test figures of the best-on-validation weights."""
         self.model.load_state_dict(self.best_state)
         t0 = time.perf_counter()
-        ev = self.cfg.eval
-        figures = evaluate(self.model, self.data.test, ev.elbo_samples, ev.iw_samples,
-                           self.cfg.data.eval_batch_size, seed=self.cfg.train.seed + 29,
-                           log_weight=self.fns.log_weight)
+        figures = self._evaluate(self.data.test, self.cfg.eval.iw_samples, seed=self.cfg.train.seed + 29)
         self.eval_seconds += time.perf_counter() - t0
         return figures

@@ -542,3 +542,18 @@ def test_non_finite_validation_elbo_is_divergence(tmp_path, synth_dir, stack_siz
         assert math.isnan(bad[col]), col
 
 
+# ======================================================================== 8. compile fallback in evaluation
+def test_compiled_evaluation_failure_falls_back_to_eager(tmp_path, synth_dir, stack_size, monkeypatch):
+    def broken_log_weight(*args, **kwargs):
+        raise RuntimeError("inductor: IW chunk failed to compile\nsecond line")
+
+    wrap(monkeypatch, Seams.compile, lambda _: fake_compile(log_weight=broken_log_weight))
+    grid = write_grid(tmp_path, {"train.max_steps": 12}, axes={"train.compile": [False, True]})
+    code, out = run_grid(grid, tmp_path / "results", synth_dir, stack_size)
+    assert code == 0, out
+    runs = rows(tmp_path / "results").set_index("train.compile")
+    eager, fallback = runs.loc[False], runs.loc[True]
+    assert fallback["status"] == "completed", fallback["error"]
+    assert fallback["compile_error"] == "evaluation: RuntimeError: inductor: IW chunk failed to compile"
+    for col in ("val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px", "test_reconstruction", "test_kl"):
+        assert fallback[col] == eager[col], col
