@@ -465,13 +465,14 @@ def test_sigint_exits_130_and_keeps_completed_rows(tmp_path, synth_dir, stack_si
 
 
 # ======================================================================== 5. throughput accounting
-EVAL_DELAY, COMPILE_DELAY = 0.5, 1.0  # seconds; 12 training steps of the tiny model take well under 0.5 s
+EVAL_DELAY, COMPILE_DELAY = 0.5, 1.0  # seconds; 18 training steps of the tiny model take well under 0.5 s
 
 
 def test_evaluation_and_compile_time_are_not_training_time(tmp_path, synth_dir, stack_size, monkeypatch):
-    """Two validations and one test evaluation each EVAL_DELAY longer, or a first compiled call COMPILE_DELAY
-    longer: train_examples_per_s implies the same training time; eval/compile seconds take the delays."""
-    grid = write_grid(tmp_path, {"train.max_steps": 12})
+    """Three validations (two between training intervals) and one test evaluation each EVAL_DELAY longer, or a
+    first compiled call COMPILE_DELAY longer: train_examples_per_s implies the same training time as without;
+    eval_seconds and compile_seconds take the delays."""
+    grid = write_grid(tmp_path, {"train.max_steps": 18})
     assert run_grid(grid, tmp_path / "plain", synth_dir, stack_size)[0] == 0
     plain = rows(tmp_path / "plain").iloc[0]
 
@@ -479,13 +480,13 @@ def test_evaluation_and_compile_time_are_not_training_time(tmp_path, synth_dir, 
         wrap(m, Seams.evaluate, lambda evaluate: lambda *a, **k: (time.sleep(EVAL_DELAY), evaluate(*a, **k))[1])
         assert run_grid(grid, tmp_path / "slow-eval", synth_dir, stack_size)[0] == 0
     slow = rows(tmp_path / "slow-eval").iloc[0]
-    assert slow["eval_seconds"] >= 3 * EVAL_DELAY
-    assert slow["eval_seconds"] - plain["eval_seconds"] > 2.5 * EVAL_DELAY
-    assert abs(train_seconds_of(slow) - train_seconds_of(plain)) < EVAL_DELAY  # counted, it would be >= 2x that
+    assert slow["eval_seconds"] >= 4 * EVAL_DELAY
+    assert slow["eval_seconds"] - plain["eval_seconds"] > 3.5 * EVAL_DELAY
+    assert abs(train_seconds_of(slow) - train_seconds_of(plain)) < EVAL_DELAY  # counted: >= 2 x EVAL_DELAY more
     last_train = curves(tmp_path / "slow-eval", slow["run_id"], "train").iloc[-1]
-    assert 12 * 32 / last_train["train_examples_per_s"] < train_seconds_of(plain) + EVAL_DELAY
+    assert 18 * 32 / last_train["train_examples_per_s"] < train_seconds_of(plain) + EVAL_DELAY
 
-    compiled_grid = write_grid(tmp_path, {"train.max_steps": 12, "train.compile": True}, name="c")
+    compiled_grid = write_grid(tmp_path, {"train.max_steps": 18, "train.compile": True}, name="c")
     with monkeypatch.context() as m:
         wrap(m, Seams.compile, lambda _: fake_compile(first_call_delay=COMPILE_DELAY))
         assert run_grid(compiled_grid, tmp_path / "slow-compile", synth_dir, stack_size)[0] == 0
