@@ -500,15 +500,23 @@ def test_evaluation_and_compile_time_are_not_training_time(tmp_path, synth_dir, 
 # ======================================================================== 6. evaluation over several batches
 def test_evaluation_in_uneven_batches_averages_per_image(tmp_path, synth_dir, stack_size):
     """40 images in batches of 13 (the blank last image alone in the 4th) give the one-batch means: per image,
-    not per batch (that would weigh the blank image 1/4, ~25 nats here). Noise is drawn batch by batch, so the
-    means agree to Monte-Carlo precision (sd ~0.3 nats with these sample counts), not to the bit."""
-    grid = write_grid(tmp_path, {"train.max_steps": 12, "eval.elbo_samples": 8, "eval.iw_samples": 16,
-                                 "eval.valid_iw_samples": 16}, axes={"data.eval_batch_size": [13, 500]})
+    not per batch. Both runs train identically and validate once, so they evaluate the same weights.
+
+    Noise is drawn batch by batch, so the two agree to Monte-Carlo precision, not to the bit: with 64 samples
+    their difference has sd <= 1 nat (0.3 for the KL) over evaluation seeds, while a mean of batch means is off
+    by 13-27 nats (KL: 4.5) here.
+    """
+    grid = write_grid(tmp_path, {"train.max_steps": 24, "train.eval_every": 24, "eval.elbo_samples": 64,
+                                 "eval.iw_samples": 64, "eval.valid_iw_samples": 64},
+                      axes={"data.eval_batch_size": [13, 500]})
     code, out = run_grid(grid, tmp_path / "results", synth_dir, stack_size)
     assert code == 0, out
     runs = rows(tmp_path / "results").set_index("data.eval_batch_size")
-    for col in ("val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px", "test_reconstruction", "test_kl"):
-        assert runs.loc[13, col] == pytest.approx(runs.loc[500, col], abs=2.0), col
+    assert runs.loc[13, "best_step"] == runs.loc[500, "best_step"] == 24
+    tolerance = {"val_elbo": 4.0, "val_iw_log_px": 4.0, "test_elbo": 4.0, "test_iw_log_px": 4.0,
+                 "test_reconstruction": 4.0, "test_kl": 1.5}
+    for col, tol in tolerance.items():
+        assert runs.loc[13, col] == pytest.approx(runs.loc[500, col], abs=tol), col
 
 
 # ======================================================================== 7. real divergence
