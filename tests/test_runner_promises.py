@@ -34,14 +34,15 @@ from bench.gridfile import load_grid
 from bench.runner import pending_runs
 from bench.storage import ResultsLayout
 from vae_core import load_vae
-from vae_core.data import formats, load_dataset, sources
+from vae_core.data import load_dataset, sources
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------------- seams
 class Seams:
-    """The internals the tests wrap, as (owner, attribute). Retarget them here when the training code moves."""
+    """The internals the tests wrap, as (owner, attribute). Retarget them here when the training code moves.
+    (The child process of `spawn_grid` wraps one more: `bench.storage.atomic_write`, see CHILD.)"""
 
     step = (bench.train, "train_step")  # one training step: (model, optimizer, batch, generator, beta, ...)
     evaluate = (bench.train, "evaluate")  # one evaluation of a split -> {"elbo", "iw_log_px", ...}
