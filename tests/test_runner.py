@@ -162,19 +162,29 @@ def test_eval_subset_is_seeded_random_not_the_first_rows():
     assert eval_subset(x, 0, 7) is x
 
 
-# -- running (real binarized MNIST, a few steps) ---------------------------------------------------------
+# -- running (a few steps; synthetic data, and real binarized MNIST end to end) ------------------------------
+SMALL_VARIANTS = '[[variant]]\nname = "mf"\n[[variant]]\nname = "iaf"\nmodel.posterior = "iaf"\n'
+
+
 @pytest.fixture
-def small_grid(tmp_path, shared_data_dir):
-    grid = write(tmp_path, SMALL + '[[variant]]\nname = "mf"\n[[variant]]\nname = "iaf"\nmodel.posterior = "iaf"\n')
-    return grid, tmp_path / "results", shared_data_dir
+def small_grid(tmp_path, synth):
+    """(grid, results, data folder): the two-variant SMALL grid over synthetic binarized data."""
+    synth.binarized_set(tmp_path / "data", rows=(200, 80, 80))
+    return write(tmp_path, SMALL + SMALL_VARIANTS), tmp_path / "results", tmp_path / "data"
+
+
+@pytest.fixture
+def real_small_grid(tmp_path, shared_data_dir):
+    """The same grid over the real binarized MNIST."""
+    return write(tmp_path, SMALL + SMALL_VARIANTS), tmp_path / "results", shared_data_dir
 
 
 def run_cli(grid, results, data_dir):
     return invoke("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(data_dir))
 
 
-def test_cli_end_to_end_then_rerun_skips_everything(small_grid):
-    grid, results, data_dir = small_grid
+def test_cli_end_to_end_then_rerun_skips_everything(real_small_grid):
+    grid, results, data_dir = real_small_grid
     res = run_cli(grid, results, data_dir)
     assert res.exit_code == 0, res.output
     runs = pd.read_parquet(results / "runs")
@@ -255,12 +265,12 @@ def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(bench.step, "train_step", boom)
-    res = run_cli(grid, results, data_dir)
+    with monkeypatch.context() as m:
+        m.setattr(bench.step, "train_step", boom)
+        res = run_cli(grid, results, data_dir)
     assert res.exit_code == 1
     runs = pd.read_parquet(results / "runs")
     assert set(runs["status"]) == {"failed"} and runs["error"].str.contains("boom").all()
-    monkeypatch.undo()
     assert run_cli(grid, results, data_dir).exit_code == 0  # failed runs are retried
     assert set(pd.read_parquet(results / "runs")["status"]) == {"completed"}
 

@@ -20,21 +20,24 @@ class MaskedLinear(nn.Linear):
 
 
 class BaselineMADEStep(nn.Module):
-    """One gated IAF step: 2-layer MADE with the context added to the first hidden layer."""
+    """One gated IAF step: 2-layer MADE with the context added to the first hidden layer and to the outputs
+    (the same work as `vae_core.made.MADE`: one unbiased context matmul to hidden + 2 x dim units)."""
 
     def __init__(self, dim: int, hidden: int, reverse: bool):
         super().__init__()
         deg_in = torch.arange(1, dim + 1).flip(0) if reverse else torch.arange(1, dim + 1)
         deg_h = torch.arange(hidden) % (dim - 1) + 1
+        self.hidden = hidden
         self.l1 = MaskedLinear(dim, hidden, deg_h[:, None] >= deg_in[None, :])
-        self.ctx = nn.Linear(dim, hidden)
+        self.ctx = nn.Linear(dim, hidden + 2 * dim, bias=False)
         self.l2 = MaskedLinear(hidden, hidden, deg_h[:, None] >= deg_h[None, :])
         self.out = MaskedLinear(hidden, 2 * dim, deg_in.repeat(2)[:, None] > deg_h[None, :])
         nn.init.constant_(self.out.bias[dim:], 2.0)
 
     def forward(self, z, h):
-        a = F.elu(self.l1(z) + self.ctx(h))
-        m, s = self.out(F.elu(self.l2(a))).chunk(2, -1)
+        c_hidden, c_out = self.ctx(h).split([self.hidden, z.shape[-1] * 2], -1)
+        a = F.elu(self.l1(z) + c_hidden)
+        m, s = (self.out(F.elu(self.l2(a))) + c_out).chunk(2, -1)
         gate = torch.sigmoid(s)
         return gate * z + (1 - gate) * m, torch.log(gate).sum(-1)
 

@@ -71,6 +71,19 @@ def baseline_block(model, images: torch.Tensor):
     return block
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def baseline_model(family: str) -> BaselineVAE:
+    """The baseline of a family, checked to have exactly our model's parameters (so both sides do the same
+    matmuls: the ratio compares implementations, not models)."""
+    model = BaselineVAE(iaf=family == "iaf")
+    ours = build_vae({**REFERENCE, **FAMILIES[family]})
+    assert parameter_count(model) == parameter_count(ours), (family, parameter_count(model), parameter_count(ours))
+    return model
+
+
 def run(benchmark, fn, case: str, side: str, examples: int, rounds: int = 5) -> None:
     benchmark.group = case
     benchmark.pedantic(fn, rounds=rounds, iterations=1)
@@ -86,7 +99,7 @@ def test_train_step_reference_arch(benchmark, train_images, tmp_path, family, si
     """Each family's sides run back to back, so a drift in machine speed hits ours and the baseline alike."""
     torch.manual_seed(0)
     if side == "baseline":
-        block = baseline_block(BaselineVAE(iaf=family == "iaf"), train_images)
+        block = baseline_block(baseline_model(family), train_images)
     else:
         cfgs = stack_configs({**REFERENCE, **FAMILIES[family]}, "rmsprop-centered", compiled=side == "ours-compiled")
         block = our_block(cfgs, train_images, tmp_path)
@@ -112,6 +125,6 @@ def test_iw_log_px_k1000(benchmark, iw_test_images, side):
         fn = lambda: evaluate(fns, flat, x, [0], 1, 1000, x.shape[0])  # noqa: E731
         fn()  # warm-up (compilation)
     else:
-        model = BaselineVAE(iaf=False)
+        model = baseline_model("mean-field")
         fn = lambda: baseline_iw_log_px(model, x, k=1000)  # noqa: E731
     run(benchmark, fn, "iw log p(x) k=1000, 512 images, mean-field", side, 512 * 1000, rounds=3)
