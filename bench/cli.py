@@ -39,12 +39,19 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs in parallel (threads are split between them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and exit."),
+    executor: str = typer.Option("local", "--executor", help="local | ray (runs as Ray tasks on a cluster)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to attach to (else $RAY_ADDRESS, else a local instance)."),
+    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per run (default 1)."),
+    gpus_per_run: Optional[float] = typer.Option(
+        None, "--gpus-per-run", help="Ray: GPUs per run, fractions share a GPU (default 0)."),
 ) -> None:
     """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
     from bench.runner import run_grid_command
 
     try:
-        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run)
+        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, executor, ray_address,
+                                cpus_per_run, gpus_per_run)
     except _data_error_types() as err:
         _user_error(err)
     raise typer.Exit(code)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
@@ -31,13 +34,14 @@ FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs ar
 
 @dataclass(frozen=True)
 class RunTask:
-    """Everything one run needs, picklable (sent to a worker process or, later, a remote worker)."""
+    """Everything one run needs, picklable (sent to a worker process or a Ray worker)."""
 
     config: RunConfig
     results: str
     data_dir: str | None
     device: str
     threads: int
+    executor: str = "local"
 
 
 def pick_device(requested: str) -> str:
@@ -79,8 +83,8 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
                    dynamic=ds.dynamic, digest=ds.digest)
 
 
-def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
-    """Train and test one run and write its row; exceptions become a 'failed' row. Returns the row."""
+def execute_run(task: RunTask, on_progress: ProgressFn | None = None, write: bool = True) -> dict:
+    """Train and test one run and (with `write`) write its row; exceptions become a 'failed' row. Returns the row."""
     cfg, layout = task.config, ResultsLayout(task.results)
     torch.set_num_threads(task.threads)
     device = torch.device(task.device)
@@ -115,13 +119,28 @@ def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
                    if run.train_seconds else math.nan,
                    compiled=run.fns.compiled, compile_error=run.compile_error,
                    compile_seconds=run.compile_seconds)
-    row = result_row(cfg, row, device, started, time.perf_counter() - wall0, task.threads)
-    write_parquet(pd.DataFrame([row]), layout.run(cfg.run_id))
+    row = result_row(cfg, row, device, started, time.perf_counter() - wall0, task.threads, task.executor)
+    if write:
+        write_row(row, layout)
+    return row
+
+
+def write_row(row: dict, layout: ResultsLayout) -> None:
+    write_parquet(pd.DataFrame([row]), layout.run(row["run_id"]))
+
+
+def lost_run_row(task: RunTask, err: BaseException) -> dict:
+    """The 'failed' row of a run whose worker returned nothing (it died more often than retries allow)."""
+    now = datetime.now(timezone.utc)
+    figures = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
+               "first_bad_step": math.nan}
+    row = result_row(task.config, figures, torch.device("cpu"), now, 0.0, task.threads, task.executor)
+    row.update(device=task.device, hostname="")
     return row
 
 
 def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: datetime, wall: float,
-               threads: int) -> dict:
+               threads: int, executor: str = "local") -> dict:
     """The flat result row: identity, main config values, figures, provenance, every dotted config key."""
     m, t = cfg.model, cfg.train
     nan_cols = ("steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px",
@@ -137,6 +156,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         **figures,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "executor": executor, "hostname": socket.gethostname(),
         "torch_threads": threads, "torch_version": torch.__version__, "git_commit": git_commit(),
         "config_hash": cfg.config_hash, "started_at": started,
         "finished_at": datetime.now(timezone.utc),
@@ -188,11 +208,50 @@ def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[Run
     return todo, done
 
 
+def data_problem(names: list[str], data_dir: str | None) -> str:
+    """'' if every dataset loads here (run on each Ray node before dispatching), else the data's message."""
+    try:
+        for name in names:
+            load_dataset(name, data_dir)
+    except DataError as err:
+        return f"cannot load the data: {err}"
+    return ""
+
+
+def executor_device(executor: str, device: str, jobs: int, ray_address: str | None, cpus_per_run: float | None,
+                    gpus_per_run: float | None) -> str:
+    """Check the executor options together; returns the device the runs use."""
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor must be local or ray; got {executor!r}")
+    if executor == "local":
+        given = [n for n, v in (("--ray-address", ray_address), ("--cpus-per-run", cpus_per_run),
+                                ("--gpus-per-run", gpus_per_run)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --executor ray")
+        return pick_device(device)
+    if jobs != 1:
+        raise UserError("--jobs is for --executor local; with ray, --cpus-per-run and --gpus-per-run set how "
+                        "many runs share a node")
+    cpus, gpus = 1.0 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0.0
+    if not cpus > 0:
+        raise UserError(f"--cpus-per-run must be > 0; got {cpus:g}")
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise UserError(f"--gpus-per-run must be a fraction in [0, 1] or a whole number; got {gpus:g}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda" and not gpus:
+        raise UserError("--device cuda with --executor ray needs --gpus-per-run (e.g. 1, or 0.25 to share a GPU)")
+    if device == "cpu" and gpus:
+        raise UserError("--device cpu and --gpus-per-run contradict each other")
+    return "cuda" if gpus else "cpu"
+
+
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
-                     dry_run: bool) -> int:
+                     dry_run: bool, executor: str = "local", ray_address: str | None = None,
+                     cpus_per_run: float | None = None, gpus_per_run: float | None = None) -> int:
     """`vaebench run`: validate everything first, then run what is not finished. Returns the exit code."""
+    dev = executor_device(executor, device, jobs, ray_address, cpus_per_run, gpus_per_run)
     runs = load_grid(grid)
-    dev = pick_device(device)
     layout = ResultsLayout(results)
     progress = GridProgress(sys.stdout)
     todo, done = pending_runs(runs, layout)
@@ -204,16 +263,31 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         load_dataset(name, data_dir)  # fail before any run starts, with the data's own message
     if results.exists() and not results.is_dir():
         raise UserError(f"results path {results} exists and is not a folder")
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
-    tasks = [RunTask(c, str(results), str(data_dir) if data_dir else None, dev, threads) for c in todo]
-    progress.start(total=len(runs), skipped=len(done))
+    if executor == "ray":
+        threads = max(1, int(cpus_per_run or 1))
+    else:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
+    tasks = [RunTask(c, str(results), str(data_dir) if data_dir else None, dev, threads, executor) for c in todo]
     failed = 0
     try:
-        executor = LocalExecutor(jobs, on_progress=progress.run_callback)
-        for row in executor.map(execute_run, tasks):
-            failed += row["status"] == "failed"
-            progress.finished(row)
+        with ExitStack() as stack:
+            if executor == "ray" and tasks:
+                from bench.ray_executor import RayExecutor
+
+                pool = stack.enter_context(RayExecutor(
+                    ray_address or os.environ.get("RAY_ADDRESS") or None, cpus_per_run or 1.0, gpus_per_run or 0.0,
+                    on_lost=lost_run_row))
+                pool.check_nodes(results, partial(data_problem, sorted(datasets), tasks[0].data_dir))
+                progress.say(pool.describe())
+            else:
+                pool = LocalExecutor(jobs, on_progress=progress.run_callback)
+            progress.start(total=len(runs), skipped=len(done))
+            rows = stack.enter_context(closing(pool.map(partial(execute_run, write=False), tasks)))
+            for row in rows:
+                write_row(row, layout)
+                failed += row["status"] == "failed"
+                progress.finished(row)
     except KeyboardInterrupt:
         progress.stop()
         progress.say(f"interrupted: completed runs are kept in {results}; re-run the same command to resume")
