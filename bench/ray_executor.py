@@ -3,7 +3,7 @@
 Generic over what a task is and what it returns: a worker calls `fn(task)` and sends back its result (a row,
 or a list of rows for a stack of runs); `map` yields results in completion order (`ray.wait`), so the driver
 writes each as soon as its task finishes. A worker that dies is retried by Ray (`max_retries`); an exception
-raised by `fn` is not retried. Ray is imported only here, and only when the executor is opened.
+raised by `fn` is not retried. Ray is imported only here, and only when a `RayExecutor` is made.
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ class RayExecutor:
                 raise UserError(f"cannot start or reach the Ray cluster {where}: "
                                 f"{str(err).strip().splitlines()[0]}{hint}") from None
             self.owned = True
-        self._check_resources()
+        try:
+            self._check_resources()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,8 +13,8 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
