@@ -122,19 +122,28 @@ def ray_local(ray_module, shared_data_dir):
     return ray_module
 
 
+@pytest.fixture
+def no_ray_session(ray_module, monkeypatch):
+    """No Ray session in this process, so the command starts (and stops) its own local instance."""
+    ray_module.shutdown()
+    monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
+    return ray_module
+
+
 def straight_run(grid: Path, results: Path, data_dir: Path, index: int = 0) -> dict:
     """The run as the local executor does it in this process, one torch thread (as a 1-CPU Ray task)."""
     return execute_run(RunTask(load_grid(grid)[index], str(results), str(data_dir), "cpu", 1))
 
 
 # -- the same rows as local; a re-run runs nothing --------------------------------------------------------
-def test_ray_grid_gives_the_local_rows_and_a_rerun_runs_nothing(ray_local, shared_data_dir, tmp_path):
+def test_ray_grid_gives_the_local_rows_and_a_rerun_runs_nothing(no_ray_session, shared_data_dir, tmp_path):
     grid = grid_file(tmp_path)
     data = str(shared_data_dir)
     local = invoke("--grid", str(grid), "--results", str(tmp_path / "local"), "--data-dir", data, "--jobs", "1")
     assert local.exit_code == 0, local.output
     res = invoke("--grid", str(grid), "--results", str(tmp_path / "ray"), "--data-dir", data, "--executor", "ray")
     assert res.exit_code == 0, res.output
+    assert "ray: a local instance" in res.output and not no_ray_session.is_initialized()  # started and stopped
     a = pd.read_parquet(tmp_path / "local" / "runs").set_index("run_id").sort_index()
     b = pd.read_parquet(tmp_path / "ray" / "runs").set_index("run_id").sort_index()
     assert list(a.index) == list(b.index) and len(b) == 2
