@@ -41,12 +41,19 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and the stacks, and exit."),
     stack: str = typer.Option("auto", "--stack",
                               help="Runs trained together as one stacked model: auto | N (1 = one at a time)."),
+    executor: str = typer.Option("local", "--executor", help="local | ray (runs as Ray tasks on a cluster)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to attach to (else $RAY_ADDRESS, else a local instance)."),
+    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per task, a stack or a run (default 1)."),
+    gpus_per_run: Optional[float] = typer.Option(
+        None, "--gpus-per-run", help="Ray: GPUs per task, fractions share a GPU (default 0)."),
 ) -> None:
     """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
     from bench.runner import run_grid_command
 
     try:
-        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, stack)
+        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, stack, executor, ray_address,
+                                cpus_per_run, gpus_per_run)
     except _data_error_types() as err:
         _user_error(err)
     raise typer.Exit(code)

@@ -79,6 +79,8 @@ class GridProgress:
             msg = f"failed    {row['run_id']}: {row['error']}"
         elif row["status"] == "diverged":
             msg = f"diverged  {row['run_id']}: non-finite loss at step {row['first_bad_step']}"
+        if row.get("executor", "local") != "local" and row.get("hostname"):
+            msg += f"  on {row['hostname']}"
         if self.bars:
             self.bars.advance(self.grid_task)
             self.bars.console.print(msg)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 import traceback
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +43,7 @@ class RunTask:
     device: str
     threads: int
     stack_id: str
+    executor: str = "local"
 
     @property
     def max_steps(self) -> int:
@@ -85,8 +89,9 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
                    dynamic=ds.dynamic, digest=ds.digest)
 
 
-def execute_task(task: RunTask, on_progress: ProgressFn | None = None) -> list[dict]:
-    """Train and test the runs of one task (a stack) and write each run's row as that run finishes.
+def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bool = True) -> list[dict]:
+    """Train and test the runs of one task (a stack); with `write`, each run's row is written as that run
+    finishes (else the caller writes the returned rows: a Ray driver does).
 
     An exception fails the runs not yet finished (their rows say why); finished rows stay. Returns the rows.
     """
@@ -97,10 +102,11 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None) -> list[d
     rows: list[dict] = []
     stack = data = None
 
-    def write_row(cfg: RunConfig, figures: dict) -> None:
+    def record(cfg: RunConfig, figures: dict) -> None:
         row = result_row(cfg, {"stack_id": task.stack_id, "stack_size": len(task.configs), **figures}, device,
-                         started, time.perf_counter() - wall0, task.threads)
-        write_parquet(pd.DataFrame([row]), layout.run(cfg.run_id))
+                         started, time.perf_counter() - wall0, task.threads, task.executor)
+        if write:
+            write_row(row, layout)
         rows.append(row)
 
     error: dict = {}
@@ -109,7 +115,7 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None) -> list[d
         stack = Stack(list(task.configs), data, layout, device, on_progress)
         stack.load_states()
         for run, test in stack.run():
-            write_row(run.cfg, run_figures(run, stack, data, test))
+            record(run.cfg, run_figures(run, stack, data, test))
     except DataError as err:
         error = {"error": str(err)}
     except Exception as err:  # a run's failure is recorded; the grid goes on
@@ -118,7 +124,7 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None) -> list[d
     for i, cfg in enumerate(task.configs):
         if cfg.run_id not in done:
             figures = run_figures(stack.runs[i], stack, data, None) if stack is not None else {}
-            write_row(cfg, {**figures, "status": "failed", **error})
+            record(cfg, {**figures, "status": "failed", **error})
     return rows
 
 
@@ -126,6 +132,20 @@ def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
     """`execute_task` for a task of one run: its row."""
     (row,) = execute_task(task, on_progress)
     return row
+
+
+def write_row(row: dict, layout: ResultsLayout) -> None:
+    write_parquet(pd.DataFrame([row]), layout.run(row["run_id"]))
+
+
+def lost_task_rows(task: RunTask, err: BaseException) -> list[dict]:
+    """'failed' rows for the runs of a task whose worker returned nothing (it died more often than retries
+    allow)."""
+    now = datetime.now(timezone.utc)
+    figures = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0],
+               "first_bad_step": math.nan, "stack_id": task.stack_id, "stack_size": len(task.configs)}
+    return [{**result_row(cfg, figures, torch.device("cpu"), now, 0.0, task.threads, task.executor),
+             "device": task.device, "hostname": ""} for cfg in task.configs]
 
 
 def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None) -> dict:
@@ -148,7 +168,7 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
 
 
 def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: datetime, wall: float,
-               threads: int) -> dict:
+               threads: int, executor: str = "local") -> dict:
     """The flat result row: identity, main config values, figures, provenance, every dotted config key."""
     m, t = cfg.model, cfg.train
     nan_cols = ("steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px",
@@ -164,6 +184,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         **figures,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "executor": executor, "hostname": socket.gethostname(),
         "torch_threads": threads, "torch_version": torch.__version__, "git_commit": git_commit(),
         "config_hash": cfg.config_hash, "started_at": started,
         "finished_at": datetime.now(timezone.utc),
@@ -187,11 +208,50 @@ def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[Run
     return todo, done
 
 
+def data_problem(names: list[str], data_dir: str | None) -> str:
+    """'' if every dataset loads here (run on each Ray node before dispatching), else the data's message."""
+    try:
+        for name in names:
+            load_dataset(name, data_dir)
+    except DataError as err:
+        return f"cannot load the data: {err}"
+    return ""
+
+
+def executor_device(executor: str, device: str, jobs: int, ray_address: str | None, cpus_per_run: float | None,
+                    gpus_per_run: float | None) -> str:
+    """Check the executor options together; returns the device the runs use."""
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor must be local or ray; got {executor!r}")
+    if executor == "local":
+        given = [n for n, v in (("--ray-address", ray_address), ("--cpus-per-run", cpus_per_run),
+                                ("--gpus-per-run", gpus_per_run)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --executor ray")
+        return pick_device(device)
+    if jobs != 1:
+        raise UserError("--jobs is for --executor local; with ray, --cpus-per-run and --gpus-per-run set how "
+                        "many tasks share a node")
+    cpus, gpus = 1.0 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0.0
+    if not cpus > 0:
+        raise UserError(f"--cpus-per-run must be > 0; got {cpus:g}")
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise UserError(f"--gpus-per-run must be a fraction in [0, 1] or a whole number; got {gpus:g}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda" and not gpus:
+        raise UserError("--device cuda with --executor ray needs --gpus-per-run (e.g. 1, or 0.25 to share a GPU)")
+    if device == "cpu" and gpus:
+        raise UserError("--device cpu and --gpus-per-run contradict each other")
+    return "cuda" if gpus else "cpu"
+
+
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
-                     dry_run: bool, stack: str = "auto") -> int:
+                     dry_run: bool, stack: str = "auto", executor: str = "local", ray_address: str | None = None,
+                     cpus_per_run: float | None = None, gpus_per_run: float | None = None) -> int:
     """`vaebench run`: validate everything first, then run what is not finished. Returns the exit code."""
+    dev = executor_device(executor, device, jobs, ray_address, cpus_per_run, gpus_per_run)
     runs = load_grid(grid)
-    dev = pick_device(device)
     stack_size = parse_stack(stack)
     layout = ResultsLayout(results)
     progress = GridProgress(sys.stdout)
@@ -205,17 +265,35 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         load_dataset(name, data_dir)  # fail before any run starts, with the data's own message
     if results.exists() and not results.is_dir():
         raise UserError(f"results path {results} exists and is not a folder")
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
-    tasks = [task_for(plan, results, data_dir, dev, threads) for plan in plans]
-    progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
+    if executor == "ray":
+        threads = max(1, int(cpus_per_run or 1))
+    else:
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
+    tasks = [RunTask(p.configs, str(results), str(data_dir) if data_dir else None, dev, threads, p.stack_id, executor)
+             for p in plans]
+    remote = executor == "ray"  # the driver writes remote rows: a retried or cancelled task leaves none
     failed = 0
     try:
-        executor = LocalExecutor(jobs, on_progress=progress.run_callback)
-        for rows in executor.map(execute_task, tasks):
-            for row in rows:
-                failed += row["status"] == "failed"
-                progress.finished(row)
+        with ExitStack() as resources:
+            if remote and tasks:
+                from bench.executors.ray import RayExecutor
+
+                pool = resources.enter_context(RayExecutor(
+                    ray_address or os.environ.get("RAY_ADDRESS") or None, cpus_per_run or 1.0, gpus_per_run or 0.0,
+                    on_lost=lost_task_rows))
+                pool.check_nodes(results, partial(data_problem, sorted(datasets), tasks[0].data_dir))
+                progress.say(pool.describe())
+            else:
+                pool = LocalExecutor(jobs, on_progress=progress.run_callback)
+            progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
+            results_stream = resources.enter_context(closing(pool.map(partial(execute_task, write=not remote), tasks)))
+            for rows in results_stream:
+                for row in rows:
+                    if remote:
+                        write_row(row, layout)
+                    failed += row["status"] == "failed"
+                    progress.finished(row)
     except KeyboardInterrupt:
         progress.stop()
         progress.say(f"interrupted: completed runs are kept in {results}; re-run the same command to resume")
@@ -223,7 +301,3 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
     progress.stop()
     progress.summary(failed)
     return 1 if failed else 0
-
-
-def task_for(plan: StackPlan, results: Path, data_dir: Path | None, device: str, threads: int) -> RunTask:
-    return RunTask(plan.configs, str(results), str(data_dir) if data_dir else None, device, threads, plan.stack_id)
