@@ -174,14 +174,14 @@ def test_tiny_grid_stacked_and_unstacked_agree(tmp_path, shared_data_dir, device
 KILL_GRID = """
 name = "k"
 [model]
-hidden = [32]
+hidden = [16]
 latent_dim = 4
 posterior = "iaf"
 [train]
 batch_size = 32
-max_steps = 600
-eval_every = 100
-check_every = 20
+max_steps = 300
+eval_every = 50
+check_every = 10
 [data]
 max_eval_images = 64
 [eval]
@@ -221,18 +221,18 @@ def test_kill_9_mid_stack_then_resume(tmp_path, shared_data_dir):
     assert straight.exit_code == 0, straight.output
     resumed = pd.read_parquet(results / "runs").set_index("run_id").sort_index()
     reference = pd.read_parquet(tmp_path / "straight" / "runs").set_index("run_id").sort_index()
-    assert len(resumed) == 3 and (resumed["resumed_from_step"] > 0).all() and (resumed["steps_done"] == 600).all()
+    assert len(resumed) == 3 and (resumed["resumed_from_step"] > 0).all() and (resumed["steps_done"] == 300).all()
     for key in ("val_elbo", "test_elbo", "test_iw_log_px", "best_step"):
         pd.testing.assert_series_equal(resumed[key], reference[key], rtol=1e-5)
     curves = pd.read_parquet(results / "curves")
     assert curves.groupby(["run_id", "step", "split"]).size().max() == 1
-    assert sorted(curves["step"].unique()) == list(range(100, 601, 100))
+    assert sorted(curves["step"].unique()) == list(range(50, 301, 50))
     assert not list(layout.root.rglob("*.tmp"))
 
 
 def test_rerun_trains_only_what_is_left_of_a_stack(tmp_path, shared_data_dir):
     grid = tmp_path / "k.toml"
-    grid.write_text(KILL_GRID.replace("max_steps = 600", "max_steps = 100"))
+    grid.write_text(KILL_GRID.replace("max_steps = 300", "max_steps = 50"))
     args = ["run", "--grid", str(grid), "--data-dir", str(shared_data_dir), "--stack", "3",
             "--results", str(tmp_path / "r")]
     assert invoke(*args).exit_code == 0
