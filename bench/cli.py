@@ -17,7 +17,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark VAE posteriors and priors: train grids, record nats and speed, report.")
 err_console = Console(stderr=True)
 
-DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else $VAEBENCH_DATA, else the cache).")
+DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else $VAEBENCH_DATA, else the cache); "
+                                                "must exist.")
+Offline = typer.Option(False, "--offline", help="Never download missing data (also: VAEBENCH_OFFLINE=1).")
 
 
 def _user_error(err: Exception) -> None:
@@ -39,12 +41,14 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs in parallel (threads are split between them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded run table and exit."),
+    offline: bool = Offline,
 ) -> None:
-    """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
+    """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume.
+    Missing data is downloaded into the cache first, unless offline."""
     from bench.runner import run_grid_command
 
     try:
-        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run)
+        code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, offline)
     except _data_error_types() as err:
         _user_error(err)
     raise typer.Exit(code)
@@ -55,12 +59,18 @@ def report(
     results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS/report)."),
     data_dir: Optional[Path] = DataDir,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Reference variant of the versus table "
+                                                                    "(default: mean-field if present, else the "
+                                                                    "first variant)."),
+    offline: bool = Offline,
 ) -> None:
     """Tables and plots from a results folder (report.md, PNG and PDF figures)."""
     from bench.report import make_report
+    from vae_core.data import offline_from_env
 
     try:
-        make_report(results, out or results / "report", data_dir)
+        download = not (offline or offline_from_env())
+        make_report(results, out or results / "report", data_dir, baseline=baseline, download=download)
     except _data_error_types() as err:
         _user_error(err)
 
@@ -90,3 +100,7 @@ def bench() -> None:
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

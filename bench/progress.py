@@ -83,3 +83,8 @@ class GridProgress:
     def summary(self, failed: int) -> None:
         if failed:
             self.say(f"{failed} run(s) failed: see the 'error' column in runs/")
+
+    def where(self, results) -> None:
+        """Where the results are and the command that renders the report."""
+        option = "" if str(results) == "results" else f" --results {results}"
+        self.say(f"results: {results}/runs (one parquet row per run); report: vaebench report{option}")

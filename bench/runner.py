@@ -22,9 +22,10 @@ from bench.config import RunConfig
 from bench.errors import UserError
 from bench.gridfile import load_grid
 from bench.progress import GridProgress
+from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData
-from vae_core.data import DataError, binarize, load_dataset
+from vae_core.data import DataError, MissingDataError, binarize, check_data_dir, load_dataset, offline_from_env
 
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
 
@@ -82,6 +83,7 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
 def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:
     """Train and test one run and write its row; exceptions become a 'failed' row. Returns the row."""
     cfg, layout = task.config, ResultsLayout(task.results)
+    quiet_torch()
     torch.set_num_threads(task.threads)
     device = torch.device(task.device)
     started = datetime.now(timezone.utc)
@@ -188,9 +190,24 @@ def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[Run
     return todo, done
 
 
+def ensure_datasets(names: set[str], data_dir: Path | None, offline: bool) -> None:
+    """Load each dataset once, downloading what is missing into the cache unless `offline` (or $VAEBENCH_OFFLINE);
+    raises the data's own one-line error."""
+    allow = not (offline or offline_from_env())
+    for name in sorted(names):
+        try:
+            load_dataset(name, data_dir, download=allow)
+        except MissingDataError as err:
+            if allow:
+                raise
+            raise MissingDataError(f"{err} (offline: --offline or VAEBENCH_OFFLINE=1 forbids the download)") from None
+
+
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
-                     dry_run: bool) -> int:
-    """`vaebench run`: validate everything first, then run what is not finished. Returns the exit code."""
+                     dry_run: bool, offline: bool = False) -> int:
+    """`vaebench run`: validate everything first (downloading missing data unless offline), then run what is not
+    finished. Returns the exit code."""
+    check_data_dir(data_dir)
     runs = load_grid(grid)
     dev = pick_device(device)
     layout = ResultsLayout(results)
@@ -199,9 +216,7 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
     if dry_run:
         progress.run_table(runs, {c.run_id for c in done})
         return 0
-    datasets = {c.data.dataset for c in todo}
-    for name in sorted(datasets):
-        load_dataset(name, data_dir)  # fail before any run starts, with the data's own message
+    ensure_datasets({c.data.dataset for c in todo}, data_dir, offline)  # fail before any run starts
     if results.exists() and not results.is_dir():
         raise UserError(f"results path {results} exists and is not a folder")
     cores = os.cpu_count() or 1
@@ -220,4 +235,5 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         return 130
     progress.stop()
     progress.summary(failed)
+    progress.where(results)
     return 1 if failed else 0
