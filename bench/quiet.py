@@ -11,7 +11,7 @@ def quiet_torch() -> None:
     """Raise torch's log components to ERROR and ignore warnings raised inside torch (compilation chatter such
     as dynamo's 'Profiler record function ... will be ignored'). A user's own TORCH_LOGS is respected."""
     warnings.filterwarnings("ignore", module=r"torch(\.|$)")
-    if os.environ.get("TORCH_LOGS", "").strip():
+    if "TORCH_LOGS" in os.environ:  # torch then ignores set_logs, and would say so in a log line
         return
     import torch._logging
 

@@ -37,7 +37,16 @@ def test_torch_log_records_and_warnings_are_silenced(torch_logs_restored, monkey
     assert [str(w.message) for w in seen] == ["ours"]
 
 
-def test_torch_logs_env_is_respected(torch_logs_restored, monkeypatch):
+def test_torch_logs_env_is_left_alone_without_a_line(torch_logs_restored, monkeypatch):
+    """With TORCH_LOGS set, torch ignores set_logs and says so in a log line; quiet_torch must not trigger it."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("torch._logging._internal")
+    logger.addHandler(handler)
     monkeypatch.setenv("TORCH_LOGS", "+dynamo")
-    quiet_torch()
-    assert all(_warns(name) for name in TORCH_LOGGERS)
+    try:
+        quiet_torch()
+    finally:
+        logger.removeHandler(handler)
+    assert records == [] and all(_warns(name) for name in TORCH_LOGGERS)
