@@ -194,8 +194,8 @@ def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: di
         color = palette[r["variant"]]
         if r["pairing"] == "baseline":
             ax.plot([x], [y], marker="s", markersize=8, color=color, zorder=3)
-            ax.annotate(f"{r['variant']} (reference)", (x, y), xytext=(6, -12), textcoords="offset points",
-                        fontsize=8, color=color)
+            ax.annotate(f"{r['variant']}\n(reference)", (x, y), xytext=(0, -10), textcoords="offset points",
+                        fontsize=8, color=color, ha="center", va="top")
             continue
         lo, hi = r[f"{metric}_lo"], r[f"{metric}_hi"]
         yerr = None if math.isnan(lo) else [[y - lo], [hi - y]]
@@ -208,7 +208,9 @@ def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: di
         ax.annotate(f"{r['variant']} ({note})", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8,
                     color=color)
     x0, x1 = ax.get_xlim()
-    ax.set_xlim(min(x0, 0.9), x1 + 0.25 * (x1 - x0))
+    ax.set_xlim(min(x0, 1.0 - 0.1 * (x1 - x0)), x1 + 0.25 * (x1 - x0))
+    y0, y1 = ax.get_ylim()
+    ax.set_ylim(min(y0, -0.15 * (y1 - y0)), y1)
     ax.set_xlabel("training seconds per step, relative to the reference")
     ax.set_ylabel(ylabel)
 
