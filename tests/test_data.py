@@ -273,7 +273,8 @@ def test_data_dirs_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         data_dirs(tmp_path / "explicit")  # a typo must not fall through to the other folders
     (tmp_path / "explicit").mkdir()
     assert data_dirs(tmp_path / "explicit") == [tmp_path / "explicit", tmp_path / "env", tmp_path / "cache"]
-    assert data_dirs() == [tmp_path / "env", tmp_path / "cache"]
+    assert data_dirs() == [tmp_path / "env", tmp_path / "cache"]  # $VAEBENCH_DATA need not exist
+    (tmp_path / "env").mkdir()
     assert data_dirs(tmp_path / "env") == [tmp_path / "env", tmp_path / "cache"]
     monkeypatch.delenv("VAEBENCH_CACHE")
     assert data_dirs()[-1] == Path.home() / ".cache" / "vaebench"
