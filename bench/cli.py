@@ -17,7 +17,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark VAE posteriors and priors: train grids, record nats and speed, report.")
 err_console = Console(stderr=True)
 
-DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else $VAEBENCH_DATA, else the cache).")
+DataDir = typer.Option(None, "--data-dir", help="Folder with the datasets (else $VAEBENCH_DATA, else the cache); "
+                                                "must exist.")
+Offline = typer.Option(False, "--offline", help="Never download missing data (also: VAEBENCH_OFFLINE=1).")
 
 
 def _user_error(err: Exception) -> None:
@@ -44,16 +46,19 @@ def run(
     executor: str = typer.Option("local", "--executor", help="local | ray (runs as Ray tasks on a cluster)."),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="Ray cluster to attach to (else $RAY_ADDRESS, else a local instance)."),
-    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per task, a stack or a run (default 1)."),
+    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run",
+                                                 help="Ray: CPUs per task, a stack or a run (default 1)."),
     gpus_per_run: Optional[float] = typer.Option(
         None, "--gpus-per-run", help="Ray: GPUs per task, fractions share a GPU (default 0)."),
+    offline: bool = Offline,
 ) -> None:
-    """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume."""
+    """Train and evaluate every run of a grid; completed runs are skipped, interrupted ones resume.
+    Missing data is downloaded into the cache first, unless offline."""
     from bench.runner import run_grid_command
 
     try:
         code = run_grid_command(grid, results, data_dir, device, jobs, dry_run, stack, executor, ray_address,
-                                cpus_per_run, gpus_per_run)
+                                cpus_per_run, gpus_per_run, offline)
     except _data_error_types() as err:
         _user_error(err)
     raise typer.Exit(code)
@@ -64,12 +69,18 @@ def report(
     results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS/report)."),
     data_dir: Optional[Path] = DataDir,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Reference variant of the versus table "
+                                                                    "(default: mean-field if present, else the "
+                                                                    "first variant)."),
+    offline: bool = Offline,
 ) -> None:
     """Tables and plots from a results folder (report.md, PNG and PDF figures)."""
     from bench.report import make_report
+    from vae_core.data import offline_from_env
 
     try:
-        make_report(results, out or results / "report", data_dir)
+        download = not (offline or offline_from_env())
+        make_report(results, out or results / "report", data_dir, baseline=baseline, download=download)
     except _data_error_types() as err:
         _user_error(err)
 

@@ -23,7 +23,7 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 0.0
     check_every: int = 100
-    compile: bool = False
+    compile: bool = True
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "max_steps": self.max_steps, "eval_every": self.eval_every,

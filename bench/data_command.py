@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vae_core.data import sources
-from vae_core.data.paths import data_dirs, describe_dirs
+from vae_core.data.paths import check_data_dir, data_dirs, describe_dirs
 from vae_core.data.inventory import Entry, fetch_missing, inventory
 
 _STYLE = {"ok": "green", "unverified": "yellow", "missing": "yellow", "mismatch": "red", "corrupt": "red"}
@@ -27,6 +27,7 @@ def _row(e: Entry) -> list[str]:
 
 def show_data(data_dir: Path | None, download: bool) -> int:
     """Print the dataset table; 0 when binarized MNIST is complete and verified, else 2 with a one-line hint."""
+    check_data_dir(data_dir)
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
         out = Console(width=max(out.width, 160))

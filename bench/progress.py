@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import IO
 
 from rich.console import Console
@@ -95,3 +97,9 @@ class GridProgress:
     def summary(self, failed: int) -> None:
         if failed:
             self.say(f"{failed} run(s) failed: see the 'error' column in runs/")
+
+    def where(self, results) -> None:
+        """Where the results are and the command that renders the report (as this program was invoked)."""
+        program = sys.argv[0] if Path(sys.argv[0]).name == "vaebench" else "vaebench"
+        option = "" if str(results) == "results" else f" --results {results}"
+        self.say(f"results: {results}/runs (one parquet row per run); report: {program} report{option}")

@@ -26,9 +26,10 @@ from bench.executors.local import LocalExecutor
 from bench.gridfile import load_grid
 from bench.progress import GridProgress
 from bench.stacking import StackPlan, parse_stack, plan_stacks
+from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData, Stack
-from vae_core.data import DataError, binarize, load_dataset
+from vae_core.data import DataError, MissingDataError, binarize, check_data_dir, load_dataset, offline_from_env
 
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
 
@@ -96,6 +97,7 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
     An exception fails the runs not yet finished (their rows say why); finished rows stay. Returns the rows.
     """
     layout = ResultsLayout(task.results)
+    quiet_torch()
     torch.set_num_threads(task.threads)
     device = torch.device(task.device)
     started, wall0 = datetime.now(timezone.utc), time.perf_counter()
@@ -208,6 +210,19 @@ def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[Run
     return todo, done
 
 
+def ensure_datasets(names: set[str], data_dir: Path | None, offline: bool) -> None:
+    """Load each dataset once, downloading what is missing into the cache unless `offline` (or $VAEBENCH_OFFLINE);
+    raises the data's own one-line error."""
+    allow = not (offline or offline_from_env())
+    for name in sorted(names):
+        try:
+            load_dataset(name, data_dir, download=allow)
+        except MissingDataError as err:
+            if allow:
+                raise
+            raise MissingDataError(f"{err} (offline: --offline or VAEBENCH_OFFLINE=1 forbids the download)") from None
+
+
 def data_problem(names: list[str], data_dir: str | None) -> str:
     """'' if every dataset loads here (run on each Ray node before dispatching), else the data's message."""
     try:
@@ -248,8 +263,11 @@ def executor_device(executor: str, device: str, jobs: int, ray_address: str | No
 
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
                      dry_run: bool, stack: str = "auto", executor: str = "local", ray_address: str | None = None,
-                     cpus_per_run: float | None = None, gpus_per_run: float | None = None) -> int:
-    """`vaebench run`: validate everything first, then run what is not finished. Returns the exit code."""
+                     cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+                     offline: bool = False) -> int:
+    """`vaebench run`: validate everything first (downloading missing data unless offline), then run what is not
+    finished. Returns the exit code."""
+    check_data_dir(data_dir)
     dev = executor_device(executor, device, jobs, ray_address, cpus_per_run, gpus_per_run)
     runs = load_grid(grid)
     stack_size = parse_stack(stack)
@@ -261,8 +279,7 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         progress.run_table(runs, {c.run_id for c in done}, plans)
         return 0
     datasets = {c.data.dataset for c in todo}
-    for name in sorted(datasets):
-        load_dataset(name, data_dir)  # fail before any run starts, with the data's own message
+    ensure_datasets(datasets, data_dir, offline)  # fail before any run starts
     if results.exists() and not results.is_dir():
         raise UserError(f"results path {results} exists and is not a folder")
     if executor == "ray":
@@ -300,4 +317,5 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         return 130
     progress.stop()
     progress.summary(failed)
+    progress.where(results)
     return 1 if failed else 0

@@ -268,8 +268,13 @@ def test_garbled_labels_file_is_rejected(synth, tmp_path: Path) -> None:
 def test_data_dirs_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAEBENCH_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("VAEBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(MissingDataError, match=re.escape(f"data folder {tmp_path / 'explicit'} (--data-dir) does not "
+                                                         "exist")):
+        data_dirs(tmp_path / "explicit")  # a typo must not fall through to the other folders
+    (tmp_path / "explicit").mkdir()
     assert data_dirs(tmp_path / "explicit") == [tmp_path / "explicit", tmp_path / "env", tmp_path / "cache"]
-    assert data_dirs() == [tmp_path / "env", tmp_path / "cache"]
+    assert data_dirs() == [tmp_path / "env", tmp_path / "cache"]  # $VAEBENCH_DATA need not exist
+    (tmp_path / "env").mkdir()
     assert data_dirs(tmp_path / "env") == [tmp_path / "env", tmp_path / "cache"]
     monkeypatch.delenv("VAEBENCH_CACHE")
     assert data_dirs()[-1] == Path.home() / ".cache" / "vaebench"

@@ -11,6 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -218,3 +219,125 @@ def test_unwritable_cache_is_a_clear_error(synth, server, offline: Path, tmp_pat
     monkeypatch.setenv(sources.ENV_BINARIZED_MIRRORS, base)
     with pytest.raises(DownloadError, match="VAEBENCH_CACHE to a writable folder"):
         load_dataset("binarized-mnist", offline, download=True)
+
+
+# ---- data on first use: `vaebench run` / `report` download what is missing unless offline -----------------------
+TINY_GRID = """
+name = "first"
+[model]
+hidden = [8]
+latent_dim = 2
+[train]
+batch_size = 4
+max_steps = 2
+eval_every = 2
+check_every = 1
+compile = false
+[eval]
+iw_samples = 2
+valid_iw_samples = 1
+"""
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def first_use(synth, server, offline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A mirror laid out like a data folder serving a synthetic binarized set; the canonical URL replaced by a
+    dead one (no test reaches the internet); downloads allowed. Returns (grid, results, empty data folder)."""
+    base, root = server
+    serve_binarized(synth, root / "binarized_mnist")
+    monkeypatch.setenv(sources.ENV_MIRROR, base.rstrip("/"))
+    monkeypatch.setenv(sources.ENV_BINARIZED_MIRRORS, "http://127.0.0.1:9/")
+    monkeypatch.delenv("VAEBENCH_OFFLINE")
+    grid = tmp_path / "g.toml"
+    grid.write_text(TINY_GRID)
+    return grid, tmp_path / "results", offline
+
+
+def test_mirror_setting_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(sources.ENV_BINARIZED_MIRRORS, raising=False)
+    monkeypatch.delenv(sources.ENV_MNIST_MIRRORS, raising=False)
+    monkeypatch.setenv(sources.ENV_MIRROR, "http://mirror.example/data/")
+    assert sources.binarized_mirrors() == ["http://mirror.example/data/binarized_mnist/",
+                                           *sources.BINARIZED_MNIST_MIRRORS]
+    assert sources.mnist_mirrors() == ["http://mirror.example/data/MNIST/raw/", *sources.MNIST_MIRRORS]
+
+
+def test_run_downloads_missing_data_then_trains(first_use, isolated: Path) -> None:
+    grid, results, empty = first_use
+    res = _cli("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(empty))
+    assert res.exit_code == 0, res.output
+    assert files_under(isolated / "binarized_mnist") == [f"binarized_mnist_{s}.amat" for s in ("test", "train", "valid")]
+    runs = pd.read_parquet(results / "runs")
+    assert list(runs["status"]) == ["completed"]
+    assert f"results: {results}/runs" in res.output and f"vaebench report --results {results}" in res.output
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_offline_forbids_the_download(first_use, isolated: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    grid, results, empty = first_use
+    args = ["run", "--grid", str(grid), "--results", str(results), "--data-dir", str(empty)]
+    if how == "flag":
+        args.append("--offline")
+    else:
+        monkeypatch.setenv("VAEBENCH_OFFLINE", "1")
+    res = _cli(*args)
+    assert res.exit_code == 2
+    message = " ".join(res.output.split())
+    assert "binarized_mnist_train.amat(.gz) not found" in message and "VAEBENCH_OFFLINE=1 forbids" in message
+    assert files_under(isolated) == [] and not results.exists()
+
+
+def test_run_without_network_is_one_line_exit_2(first_use, isolated: Path, closed_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    grid, results, empty = first_use
+    monkeypatch.setenv(sources.ENV_MIRROR, closed_url)
+    res = _cli("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(empty))
+    assert res.exit_code == 2
+    message = " ".join(res.output.split())
+    assert "could not download binarized_mnist_train.amat" in message and "VAEBENCH_MIRROR" in message
+    assert files_under(isolated) == [] and not results.exists()
+
+
+def test_bad_offline_value_is_exit_2(first_use, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid, results, empty = first_use
+    monkeypatch.setenv("VAEBENCH_OFFLINE", "maybe")
+    res = _cli("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(empty))
+    assert res.exit_code == 2 and "VAEBENCH_OFFLINE='maybe' is not understood" in res.output
+
+
+def test_report_downloads_the_test_set_for_its_images(first_use, isolated: Path, tmp_path: Path) -> None:
+    from tests.test_report import _two_d_results
+
+    _, _, empty = first_use
+    root = _two_d_results(tmp_path)
+    offline_run = _cli("report", "--results", str(root), "--out", str(tmp_path / "o1"), "--data-dir", str(empty),
+                       "--offline")
+    assert offline_run.exit_code == 0, offline_run.output
+    assert not (tmp_path / "o1" / "reconstructions_z2.png").exists() and files_under(isolated) == []
+    res = _cli("report", "--results", str(root), "--out", str(tmp_path / "o2"), "--data-dir", str(empty))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o2" / "reconstructions_z2.png").is_file()
+    assert "binarized_mnist/binarized_mnist_test.amat" in files_under(isolated)
+
+
+@pytest.mark.parametrize("command", [["run", "--grid", "configs/tiny.toml"], ["report"], ["data"]])
+def test_missing_data_dir_is_exit_2_naming_it(command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_report import grid_rows, write_results
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    results = write_results(tmp_path / "results", grid_rows(), curves=False)
+    before = files_under(tmp_path)
+    missing = tmp_path / "no" / "such" / "dir"
+    res = _cli(*command, "--results", str(results), "--data-dir", str(missing)) if command != ["data"] else \
+        _cli("data", "--data-dir", str(missing))
+    assert res.exit_code == 2
+    assert f"data folder {missing} (--data-dir) does not exist" in " ".join(res.output.split())
+    assert len(res.output.strip().splitlines()) == 1 and files_under(tmp_path) == before

@@ -36,6 +36,7 @@ batch_size = 32
 max_steps = {steps}
 eval_every = {every}
 check_every = 3
+compile = false
 [data]
 max_eval_images = 64
 [eval]

@@ -30,6 +30,7 @@ batch_size = 32
 max_steps = 12
 eval_every = 6
 check_every = 3
+compile = false
 [data]
 max_eval_images = 64
 [eval]
@@ -122,8 +123,9 @@ def test_missing_grid_file_is_exit_2(tmp_path):
 
 
 def test_missing_data_is_exit_2_before_anything_is_written(tmp_path, isolated):
+    (tmp_path / "empty").mkdir()
     res = invoke("run", "--grid", str(write(tmp_path, SMALL)), "--results", str(tmp_path / "r"),
-                 "--data-dir", str(tmp_path / "empty"))
+                 "--data-dir", str(tmp_path / "empty"), "--offline")
     assert res.exit_code == 2 and "not found" in res.output
     assert not (tmp_path / "r").exists()
 
@@ -278,7 +280,7 @@ def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch
 def test_compiled_run_records_its_flags_and_matches_eager(small_grid, tmp_path):
     grid, _, data_dir = small_grid
     eager = execute_run(_task(grid, tmp_path / "eager", data_dir))
-    compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
+    compiled_grid = write(tmp_path, SMALL.replace("compile = false", "compile = true"), "c.toml")
     compiled = execute_run(_task(compiled_grid, tmp_path / "compiled", data_dir))
     assert compiled["status"] == "completed", compiled.get("traceback")
     assert compiled["compiled"] and compiled["train.compile"] and compiled["compile_error"] == ""
@@ -297,7 +299,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
         return fail
 
     monkeypatch.setattr(bench.step, "compile_fn", broken_compile)
-    compiled_grid = write(tmp_path, SMALL.replace("check_every = 3", "check_every = 3\ncompile = true"), "c.toml")
+    compiled_grid = write(tmp_path, SMALL.replace("compile = false", "compile = true"), "c.toml")
     row = execute_run(_task(compiled_grid, tmp_path / "fallback", data_dir))
     assert row["status"] == "completed" and not row["compiled"]
     assert row["compile_error"] == "RuntimeError: inductor: no working C++ compiler"

@@ -194,7 +194,7 @@ def train_seconds_of(row: pd.Series) -> float:
 BASE: dict[str, object] = {
     "model.hidden": [16], "model.latent_dim": 4,
     "train.batch_size": 32, "train.max_steps": 48, "train.eval_every": 6, "train.check_every": 3,
-    "train.lr": 3e-3,
+    "train.lr": 3e-3, "train.compile": False,
     "data.max_eval_images": 0,
     "eval.iw_samples": 4, "eval.valid_iw_samples": 2,
 }

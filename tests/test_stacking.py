@@ -39,7 +39,7 @@ def configs(posterior: str, prior: str, optimizer: str, per_run=PER_RUN, **train
     variants = [{"name": f"r{i}", **dict(zip(keys, values))} for i, values in enumerate(per_run)]
     return parse_grid({"name": "s", "model": model,
                        "train": {"optimizer": optimizer, "batch_size": 8, "max_steps": 50, "eval_every": 25,
-                                 "check_every": 5, **train},
+                                 "check_every": 5, "compile": False, **train},
                        "data": {"eval_batch_size": 7}, "eval": {"iw_samples": 6, "valid_iw_samples": 3},
                        "variant": variants})
 
@@ -182,6 +182,7 @@ batch_size = 32
 max_steps = 300
 eval_every = 50
 check_every = 10
+compile = false
 [data]
 max_eval_images = 64
 [eval]

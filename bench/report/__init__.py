@@ -14,14 +14,18 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bench.report.figures import SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff
+from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
+                                  plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
                                  display_main_table, failures, load_results, main_table, several_lrs, status_counts,
                                  to_markdown)
+from bench.report.versus import (display_versus, no_lr_overlap, pick_baseline, versus_by_lr, versus_sentence,
+                                 versus_table)
+from vae_core.data.paths import check_data_dir
 
 __all__ = ["make_report", "main_table", "best_lr_table", "best_runs", "best_row", "failures", "status_counts",
-           "to_markdown", "load_results"]
+           "to_markdown", "load_results", "pick_baseline", "versus_table", "versus_by_lr", "versus_sentence"]
 
 
 def _counts(values: pd.Series, fmt=str) -> str:
@@ -67,20 +71,51 @@ def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list
     return lines
 
 
-def _print_table(display: pd.DataFrame, bold: object, console: Console) -> None:
-    table = Table(title="test log p(x) and ELBO per variant, nats (bold = best mean validation ELBO)",
-                  title_justify="left")
+def _print_table(display: pd.DataFrame, bold: object, console: Console, title: str) -> None:
+    table = Table(title=title, title_justify="left")
     for col in display.columns:
-        table.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
+        table.add_column(col, justify="left" if col in ("variant", "comparison", "seeds left out") else "right",
+                         overflow="fold")
     for idx, row in display.iterrows():
         table.add_row(*map(str, row), style="bold" if idx == bold else None)
     console.print(table)
 
 
-def make_report(results: Path, out: Path, data_dir: Path | None = None, console: Console | None = None) -> Path:
+def _versus_section(runs: pd.DataFrame, baseline: str, show_lr: bool) -> tuple[list[str], pd.DataFrame, str,
+                                                                              pd.DataFrame]:
+    """Markdown of the versus-the-baseline section, with its table, sentence and per-lr table."""
+    table = versus_table(runs, baseline)
+    sentence = versus_sentence(table, baseline)
+    md = [f"## Versus the baseline: `{baseline}`", "",
+          to_markdown(display_versus(table, show_lr)).rstrip(), "",
+          sentence, "",
+          f"Each variant at its best lr on validation, against `{baseline}` at its own. Δ = variant − "
+          f"{baseline} in nats per image (above 0: higher likelihood than {baseline}), mean ± standard error over "
+          "seeds; 95% CI with Student t: paired by seed (dof = pairs − 1) where both ran the same seeds, "
+          "Welch's unpaired test (Welch–Satterthwaite dof) where they did not; no interval with one seed. "
+          "Cost columns: mean training seconds per step and mean wall seconds per run, as a ratio to "
+          f"{baseline}'s. Seeds left out of a comparison are named with the reason.", ""]
+    by_lr = versus_by_lr(runs, baseline) if show_lr else pd.DataFrame()
+    if show_lr:
+        md += [f"### Per learning rate: each variant against `{baseline}` at the same lr", ""]
+        if by_lr.empty:
+            md += [f"No variant shares an lr with `{baseline}`.", ""]
+        else:
+            md += [to_markdown(display_versus(by_lr, True)).rstrip(), "",
+                   versus_sentence(by_lr, baseline, per_lr=True), ""]
+        missing = no_lr_overlap(runs, baseline)
+        if missing and not by_lr.empty:
+            md += [f"Not compared per lr (no lr in common with `{baseline}`): {', '.join(missing)}.", ""]
+    return md, table, sentence, by_lr
+
+
+def make_report(results: Path, out: Path, data_dir: Path | None = None, console: Console | None = None,
+                baseline: str | None = None, download: bool = False) -> Path:
     """Write `out/report.md` and the figures for the results folder `results`; returns the report path.
 
-    Raises UserError when `results` does not exist or holds no run rows.
+    `baseline` names the reference variant of the versus table (default: `mean-field` if present, else the
+    first variant); `download` lets the image figures fetch a missing test set into the cache.
+    Raises UserError when `results` does not exist or holds no run rows, or `baseline` is not a variant.
     """
     from bench.report.images import image_figures
 
@@ -89,16 +124,20 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         console = Console()
         if not console.is_terminal:  # piped or captured: no terminal width to respect
             console = Console(width=160)
+    check_data_dir(data_dir)
     runs, curves, read_notes = load_results(results)
+    reference = pick_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
     show_lr = several_lrs(runs)
+    versus_md, versus, sentence, by_lr = _versus_section(runs, reference, show_lr)
 
     table = main_table(runs)
     bold = best_row(table)
     display = display_main_table(table, show_lr)
     md = _header(runs, results, curves) + [f"- {n}" for n in read_notes]
 
-    md += ["", "## Main table", "", to_markdown(display, bold).rstrip(), ""]
+    md += [""] + versus_md
+    md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
     rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
             if bold is not None else "No row has a validation ELBO, so none is marked best.")
     md += [rule + " `test log p(x)`: importance-weighted bound on the test set; `gap` = log p(x) − ELBO; "
@@ -126,6 +165,8 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     figure_notes: list[str] = []
     written: list[str] = []
     plots = [
+        (f"Versus {reference}: Δ nats with 95% CI against relative cost per step",
+         lambda: plot_versus(versus, reference, out, runs)),
         ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, out)),
         ("Validation ELBO vs training step (mean over seeds, band = sd)",
          lambda: plot_learning_curves(runs, curves, out)),
@@ -133,6 +174,9 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         ("Test log p(x) vs training throughput, each variant at its best lr on validation",
          lambda: plot_tradeoff(runs, out)),
     ]
+    if show_lr:
+        plots.insert(1, (f"Versus {reference} at each lr: Δ test IW log p(x) with 95% CI against relative cost",
+                         lambda: plot_versus_by_lr(by_lr, reference, out, runs)))
     for caption, draw in plots:
         try:
             png = draw()
@@ -141,7 +185,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
             continue
         written.append(png)
         md += [f"### {caption}", "", f"![{caption}]({png}) (also `{png[:-4]}.pdf`)", ""]
-    images = image_figures(runs, results, out, data_dir)
+    images = image_figures(runs, results, out, data_dir, download)
     for caption, png, source in images.figures:
         written.append(png)
         md += [f"### {caption}", "", f"![{caption}]({png})", "", source, ""]
@@ -155,6 +199,9 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     tmp.write_text("\n".join(md), encoding="utf-8")
     tmp.replace(path)
 
-    _print_table(display, bold, console)
+    _print_table(display, bold, console, "test log p(x) and ELBO per variant, nats (bold = best mean validation ELBO)")
+    _print_table(display_versus(versus, show_lr), None, console, f"versus {reference} (each variant at its best lr "
+                 "on validation; Δ = variant − reference, nats; cost as ratios)")
+    console.print(sentence, highlight=False, markup=False)
     console.print(f"wrote {path} and {len(written)} figure(s)", highlight=False)
     return path

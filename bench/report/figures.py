@@ -181,3 +181,77 @@ def plot_tradeoff(runs: pd.DataFrame, out_dir: Path) -> str:
         ax.set_title("Speed vs likelihood: each variant at its best lr on validation, bars = sd", fontsize=9)
     return save(fig, out_dir, "tradeoff")
 
+
+
+def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: dict[str, tuple]) -> None:
+    """Δ `metric` with its 95% interval against relative training cost per step; the reference at (1, 0)."""
+    ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=1)
+    ax.axvline(1.0, color="0.6", linewidth=0.8, linestyle=":", zorder=1)
+    for _, r in table.iterrows():
+        x, y = r["step_ratio"], r[f"{metric}_mean"]
+        if math.isnan(x) or math.isnan(y):
+            continue
+        color = palette[r["variant"]]
+        if r["pairing"] == "baseline":
+            ax.plot([x], [y], marker="s", markersize=8, color=color, zorder=3)
+            ax.annotate(f"{r['variant']}\n(reference)", (x, y), xytext=(0, -10), textcoords="offset points",
+                        fontsize=8, color=color, ha="center", va="top")
+            continue
+        lo, hi = r[f"{metric}_lo"], r[f"{metric}_hi"]
+        yerr = None if math.isnan(lo) else [[y - lo], [hi - y]]
+        ax.errorbar([x], [y], yerr=yerr, fmt="o", color=color, capsize=4, markersize=7, zorder=3)
+        if r["pairing"] == "welch":
+            note = f"unpaired, {int(r['n_variant'])} vs {int(r['n_baseline'])} seeds"
+        else:
+            note = f"{int(r['n'])} pair{'s' if r['n'] != 1 else ''}"
+        note += ", no CI" if yerr is None else ""
+        ax.annotate(f"{r['variant']} ({note})", (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8,
+                    color=color)
+    x0, x1 = ax.get_xlim()
+    ax.set_xlim(min(x0, 1.0 - 0.1 * (x1 - x0)), x1 + 0.25 * (x1 - x0))
+    y0, y1 = ax.get_ylim()
+    ax.set_ylim(min(y0, -0.15 * (y1 - y0)), y1)
+    ax.set_xlabel("training seconds per step, relative to the reference")
+    ax.set_ylabel(ylabel)
+
+
+def plot_versus(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame) -> str:
+    """Δ test IW log p(x) and Δ test ELBO vs the baseline (95% CI) against relative cost per step, one point per
+    variant at its best lr on validation (`versus_table` rows)."""
+    drawable = table.dropna(subset=["step_ratio", "log_px_mean"])
+    if len(drawable) < 2:
+        raise SkipFigure("no variant besides the baseline has completed runs with a training time")
+    palette = dict(zip(table["variant"], sns.color_palette("deep", len(table))))
+    with sns.axes_style("whitegrid"):
+        fig = new_figure(10.0, 4.2)
+        for i, (metric, name) in enumerate((("log_px", f"Δ test IW log p(x) [nats]{_k_label(runs)}"),
+                                            ("elbo", "Δ test ELBO [nats]"))):
+            ax = fig.add_subplot(1, 2, i + 1)
+            _versus_panel(ax, drawable, metric, name, palette)
+        fig.suptitle(f"Versus {baseline}: difference with 95% CI (above 0 = higher than the reference) against "
+                     f"relative cost; each variant at its best lr on validation", fontsize=9)
+    return save(fig, out_dir, "versus")
+
+
+def plot_versus_by_lr(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame) -> str:
+    """Δ test IW log p(x) (95% CI) against relative cost per step, one panel per lr, each variant compared with
+    the baseline at the same lr (`versus_by_lr` rows)."""
+    drawable = table.dropna(subset=["step_ratio", "log_px_mean"])
+    if drawable.empty:
+        raise SkipFigure("no lr at which a variant and the baseline both have completed runs")
+    lrs = sorted(drawable["lr"].unique())
+    order = [baseline] + [v for v in variant_order(runs) if v != baseline]
+    palette = dict(zip(order, sns.color_palette("deep", len(order))))
+    with sns.axes_style("whitegrid"):
+        fig = new_figure(4.2 * len(lrs) + 0.8, 4.0)
+        axes = fig.subplots(1, len(lrs), sharey=True, squeeze=False)[0]
+        for ax, lr in zip(axes, lrs):
+            at = drawable[drawable["lr"] == lr]
+            reference = pd.DataFrame([{"variant": baseline, "pairing": "baseline", "step_ratio": 1.0,
+                                       "log_px_mean": 0.0, "n": at["n"].max()}])
+            _versus_panel(ax, pd.concat([reference, at], ignore_index=True), "log_px",
+                          f"Δ test IW log p(x) [nats]{_k_label(runs)}", palette)
+            ax.set_title(f"lr {fmt_lr(lr)}", fontsize=9)
+        fig.suptitle(f"Versus {baseline} at the same lr: Δ test IW log p(x) with 95% CI against relative cost "
+                     "per step", fontsize=9)
+    return save(fig, out_dir, "versus_by_lr")

@@ -63,8 +63,8 @@ def _show(ax, canvas: np.ndarray, title: str, **kwargs) -> None:
 class _Data:
     """Test sets loaded on first use, once per dataset name; a load error is remembered as a note."""
 
-    def __init__(self, data_dir: Path | None):
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path | None, download: bool = False):
+        self.data_dir, self.download = data_dir, download
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None] | str] = {}
 
     def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None] | str:
@@ -72,7 +72,7 @@ class _Data:
             from vae_core.data import DataError, binarize, load_dataset
 
             try:
-                ds = load_dataset(name, self.data_dir)
+                ds = load_dataset(name, self.data_dir, download=self.download)
                 test = ds.test
                 if ds.dynamic:  # grayscale: one fixed binarization, as in evaluation
                     test = binarize(test, torch.Generator().manual_seed(0))
@@ -82,7 +82,8 @@ class _Data:
         return self.cache[name]
 
 
-def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir: Path | None) -> ImageResult:
+def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir: Path | None,
+                  download: bool = False) -> ImageResult:
     from vae_core import CheckpointError, load_vae
 
     result = ImageResult()
@@ -91,7 +92,7 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
         result.notes.append("No completed run: no sample or reconstruction images.")
         return result
     layout = ResultsLayout(results_dir)
-    data = _Data(data_dir)
+    data = _Data(data_dir, download)
     data_note_given = set()
     for _, pick in picks.iterrows():
         variant, run_id = pick["variant"], pick["run_id"]

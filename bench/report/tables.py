@@ -280,7 +280,7 @@ def _cell(x: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-_NUMBER = re.compile(r"^[-+–\d.,±e ]+(s|min|h)?$")
+_NUMBER = re.compile(r"^[-+–−\d.,±e ]+(s|min|h|×)?$")
 
 
 def to_markdown(df: pd.DataFrame, bold_row: Hashable | None = None) -> str:

@@ -13,13 +13,13 @@ import torch
 from vae_core.data import binarized, mnist
 from vae_core.data.dataset import Dataset, binarize
 from vae_core.data.errors import ChecksumError, CorruptDataError, DataError, DownloadError, MissingDataError
-from vae_core.data.paths import cache_dir, data_dirs
+from vae_core.data.paths import cache_dir, check_data_dir, data_dirs, offline_from_env
 
 DATASETS = ("binarized-mnist", "mnist-dynamic")
 
 __all__ = [
     "DATASETS", "ChecksumError", "CorruptDataError", "DataError", "Dataset", "DownloadError", "MissingDataError",
-    "binarize", "cache_dir", "data_dirs", "load_dataset", "load_mnist_test",
+    "binarize", "cache_dir", "check_data_dir", "data_dirs", "load_dataset", "load_mnist_test", "offline_from_env",
 ]
 
 

@@ -81,4 +81,5 @@ def fetch(urls: Sequence[str], dest: Path, verify: Callable[[Path, str], None]) 
         finally:
             tmp.unlink(missing_ok=True)
     raise DownloadError(f"could not download {dest.name}; tried: {'; '.join(failures)}; "
-                        f"fix: check the internet connection, or place the file in {dest.parent} yourself")
+                        f"fix: check the internet connection or set VAEBENCH_MIRROR to a mirror, place the file in "
+                        f"{dest.parent} yourself, or point --data-dir / VAEBENCH_DATA at a folder that holds it")

@@ -6,10 +6,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from vae_core.data.errors import MissingDataError
+from vae_core.data.errors import DataError, MissingDataError
 
 ENV_DATA = "VAEBENCH_DATA"
 ENV_CACHE = "VAEBENCH_CACHE"
+ENV_OFFLINE = "VAEBENCH_OFFLINE"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -18,8 +20,33 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vaebench"
 
 
+def offline_from_env() -> bool:
+    """Whether $VAEBENCH_OFFLINE forbids downloads (1/true/yes/on; unset, 0/false/no/off allow them)."""
+    value = os.environ.get(ENV_OFFLINE, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise DataError(f"{ENV_OFFLINE}={os.environ[ENV_OFFLINE]!r} is not understood; set it to 1 (no downloads) "
+                    f"or 0 (downloads allowed)")
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """An explicit data folder must exist: a typo must not silently select other data. MissingDataError if not."""
+    if data_dir is None or str(data_dir) == "":
+        return
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise MissingDataError(f"data folder {folder} (--data-dir) {what}; fix: correct the path, or leave "
+                               f"--data-dir out to search ${ENV_DATA} and the cache")
+
+
 def data_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    """Folders to search, in order: `data_dir`, each entry of $VAEBENCH_DATA (os.pathsep-separated), the cache."""
+    """Folders to search, in order: `data_dir`, each entry of $VAEBENCH_DATA (os.pathsep-separated), the cache.
+
+    An explicit `data_dir` that is not a folder raises MissingDataError (`check_data_dir`)."""
+    check_data_dir(data_dir)
     found: list[Path] = []
     if data_dir is not None and str(data_dir) != "":
         found.append(Path(data_dir).expanduser())

@@ -81,6 +81,9 @@ MNIST_MIRRORS: tuple[str, ...] = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 
+ENV_MIRROR = "VAEBENCH_MIRROR"
+"""One base URL tried before the canonical sources, laid out like a data folder (and the cache):
+`<base>/binarized_mnist/binarized_mnist_{train,valid,test}.amat` and `<base>/MNIST/raw/<name>-ubyte.gz`."""
 ENV_BINARIZED_MIRRORS = "VAEBENCH_BINARIZED_MNIST_URL"
 ENV_MNIST_MIRRORS = "VAEBENCH_MNIST_MIRRORS"
 ENV_DOWNLOAD_TIMEOUT = "VAEBENCH_DOWNLOAD_TIMEOUT"
@@ -93,14 +96,21 @@ def _mirrors(env: str, default: tuple[str, ...]) -> list[str]:
     return [b if b.endswith("/") else b + "/" for b in bases if b]
 
 
+def _mirror(subdir: str) -> list[str]:
+    base = os.environ.get(ENV_MIRROR, "").strip()
+    return [f"{base.rstrip('/')}/{subdir}/"] if base else []
+
+
 def binarized_mirrors() -> list[str]:
-    """Base URLs for the binarized `.amat` files, in the order to try (env overrides the defaults)."""
-    return _mirrors(ENV_BINARIZED_MIRRORS, BINARIZED_MNIST_MIRRORS)
+    """Base URLs for the binarized `.amat` files, in the order to try: $VAEBENCH_MIRROR's, then the defaults
+    (or $VAEBENCH_BINARIZED_MNIST_URL's list in their place)."""
+    return _mirror(BINARIZED_SUBDIR) + _mirrors(ENV_BINARIZED_MIRRORS, BINARIZED_MNIST_MIRRORS)
 
 
 def mnist_mirrors() -> list[str]:
-    """Base URLs for the IDX `.gz` files, in the order to try (env overrides the defaults)."""
-    return _mirrors(ENV_MNIST_MIRRORS, MNIST_MIRRORS)
+    """Base URLs for the IDX `.gz` files, in the order to try: $VAEBENCH_MIRROR's, then the defaults (or
+    $VAEBENCH_MNIST_MIRRORS's list in their place)."""
+    return _mirror(MNIST_SUBDIR) + _mirrors(ENV_MNIST_MIRRORS, MNIST_MIRRORS)
 
 
 def download_timeout() -> float:
