@@ -11,6 +11,7 @@ from tests.benchmarks.test_speed import baseline_model, parameter_count
 
 
 def test_benchmark_data_missing_is_an_error_not_noise(tmp_path: Path, isolated: Path) -> None:
+    (tmp_path / "empty").mkdir()
     with pytest.raises(pytest.fail.Exception, match="the benchmarks need binarized MNIST: .*not found"):
         benchmark_mnist(tmp_path / "empty")
 
