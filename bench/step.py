@@ -33,7 +33,6 @@ class FlatLayout:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
-        self.numel = sum(self.sizes)
 
     def params(self, flat: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
         """flat [N] -> {prefix + name: view of flat with the parameter's shape}."""

@@ -195,16 +195,15 @@ class Stack:
         self.on_progress = on_progress or (lambda *a: None)
         first = cfgs[0]
         self.optimizer = OPTIMIZERS[first.train.optimizer]
-        flats = []
+        models = []
         for cfg in cfgs:  # each run's init is the one it gets alone: seeded by its seed
             torch.manual_seed(cfg.train.seed)
-            model = build_vae(cfg.model).to(device)
-            flats.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-        self.template: VAE = model  # its own parameter values are never used for training: rows are
-        self.template_flat = flatten_parameters(self.template)
+            models.append(build_vae(cfg.model).to(device))
+        self.template: VAE = models[0]  # its own parameter values are never used for training: rows are
         self.fns = StackFunctions(self.template, self.optimizer, compile=first.train.compile)
+        self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
+        self.template_flat = flatten_parameters(self.template)
         self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]
-        self.flat = torch.stack(flats)  # [R, N]
         self.opt_state = self.optimizer.init(self.flat)  # leaves [R, N]
         self.t = self.flat.new_zeros(len(cfgs))  # [R] optimizer steps taken
         self.compile_seconds = 0.0
