@@ -91,6 +91,14 @@ def grid() -> pd.DataFrame:
     return normalize_runs(pd.DataFrame(rows))
 
 
+def test_a_stacked_run_is_charged_its_share_of_the_stack():
+    """A run in a stack of 3 trained in the stack's seconds alongside 2 others: its cost is a third of them."""
+    rows = _rows("mean-field", MF, train_seconds=10.0, wall=20.0)
+    rows += _rows("iaf", IAF, train_seconds=30.0, wall=60.0, stack_size=3)
+    iaf = versus_table(normalize_runs(pd.DataFrame(rows)), "mean-field").set_index("variant").loc["iaf"]
+    assert iaf["step_ratio"] == pytest.approx((30 / 3 / 100) / (10 / 100)) and iaf["wall_ratio"] == pytest.approx(1.0)
+
+
 def test_paired_and_unpaired_rows_by_hand():
     table = versus_table(grid(), "mean-field").set_index("variant")
     assert list(table.index) == ["mean-field", "iaf", "vamp"]

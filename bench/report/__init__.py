@@ -93,8 +93,8 @@ def _versus_section(runs: pd.DataFrame, baseline: str, show_lr: bool) -> tuple[l
           f"{baseline} in nats per image (above 0: higher likelihood than {baseline}), mean ± standard error over "
           "seeds; 95% CI with Student t: paired by seed (dof = pairs − 1) where both ran the same seeds, "
           "Welch's unpaired test (Welch–Satterthwaite dof) where they did not; no interval with one seed. "
-          "Cost columns: mean training seconds per step and mean wall seconds per run, as a ratio to "
-          f"{baseline}'s. Seeds left out of a comparison are named with the reason.", ""]
+          "Cost columns: mean training seconds per step and mean wall seconds per run, a run of a stack "
+          f"charged its share (the stack's seconds / its size), as a ratio to {baseline}'s. Seeds left out of a comparison are named with the reason.", ""]
     by_lr = versus_by_lr(runs, baseline) if show_lr else pd.DataFrame()
     if show_lr:
         md += [f"### Per learning rate: each variant against `{baseline}` at the same lr", ""]

@@ -83,10 +83,12 @@ def _excluded(var_rows: pd.DataFrame, base_rows: pd.DataFrame, pairing: str, var
 
 
 def _cost(rows: pd.DataFrame) -> tuple[float, float]:
-    """(mean training seconds per step, mean wall seconds per run) over completed runs."""
+    """(mean training seconds per step, mean wall seconds per run) over completed runs, each run charged its
+    share of its stack: a stack of R runs trains all R in its seconds (`stack_size`; 1 for older results)."""
     done = rows[rows["status"] == COMPLETED]
     steps = done["steps_done"].where(done["steps_done"] > 0)
-    return float((done["train_seconds"] / steps).mean()), float(done["wall_seconds"].mean())
+    share = done["stack_size"].fillna(1) if "stack_size" in done else 1
+    return float((done["train_seconds"] / steps / share).mean()), float((done["wall_seconds"] / share).mean())
 
 
 def _diff_columns(diffs: dict[str, Difference | None]) -> dict[str, float]:
