@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
-from bench.optim import OPTIMIZERS
+from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
+from vae_core.data.sources import MNIST_VALID_SIZE
+
+TRAIN_EXAMPLES = {"binarized-mnist": 50_000, "mnist-dynamic": 60_000 - MNIST_VALID_SIZE}
 
 
 @dataclass(frozen=True)
@@ -24,18 +28,59 @@ class TrainConfig:
     grad_clip: float = 0.0
     check_every: int = 100
     compile: bool = True
+    objective: str = choice("elbo", ("elbo", "iwae"))
+    objective_samples: int = 1
+    optimizer_eps: float = EPS
+    grad_normalize: str = choice("none", ("none", "per-tensor"))
+    select: str = choice("best-valid", ("best-valid", "last"))
+    lr_schedule: str = choice("constant", tuple(LR_SCHEDULES))
+    lr_decay: float = 1.0
+    lr_decay_epochs: int = 1
+    max_epochs: int = 0
+    eval_every_epochs: int = 0
+    kl_warmup_epochs: int = 0
+    patience_epochs: int = 0
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "max_steps": self.max_steps, "eval_every": self.eval_every,
-                    "check_every": self.check_every}
+                    "check_every": self.check_every, "objective_samples": self.objective_samples,
+                    "lr_decay_epochs": self.lr_decay_epochs}
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"'train.{key}' must be >= 1; got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"'train.lr' must be > 0; got {self.lr}")
-        for key in ("patience", "kl_warmup_steps", "grad_clip"):
+        for key in ("lr", "optimizer_eps"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"'train.{key}' must be > 0; got {getattr(self, key)}")
+        for key in ("patience", "kl_warmup_steps", "grad_clip", "max_epochs", "eval_every_epochs",
+                    "kl_warmup_epochs", "patience_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"'train.{key}' must be >= 0; got {getattr(self, key)}")
+        if self.select == "last" and (self.patience or self.patience_epochs):
+            raise ConfigError("'train.patience' needs 'train.select' = 'best-valid' (early stopping watches the "
+                              "best validation)")
+        decays = self.lr_schedule in ("step", "exponential")
+        if decays and not 0 < self.lr_decay < 1:
+            raise ConfigError(f"'train.lr_decay' must be in (0, 1) for lr_schedule {self.lr_schedule!r}; "
+                              f"got {self.lr_decay}")
+        if not decays and self.lr_decay != 1.0:
+            raise ConfigError(f"'train.lr_decay' is used by lr_schedule 'step' or 'exponential' only; "
+                              f"lr_schedule is {self.lr_schedule!r}")
+
+    def steps_per_epoch(self, dataset: str) -> int:
+        """Optimizer steps in one pass over the training set (the last partial batch is dropped)."""
+        return max(1, TRAIN_EXAMPLES[dataset] // self.batch_size)
+
+    def in_steps(self, dataset: str) -> "TrainConfig":
+        """The config with every duration given in epochs (key `*_epochs` > 0) also set in steps: max_steps,
+        eval_every and kl_warmup_steps = epochs x steps per epoch; patience = validations spanning
+        patience_epochs."""
+        spe = self.steps_per_epoch(dataset)
+        changes = {key: epochs * spe for key, epochs in (("max_steps", self.max_epochs),
+                                                          ("eval_every", self.eval_every_epochs),
+                                                          ("kl_warmup_steps", self.kl_warmup_epochs)) if epochs}
+        if self.patience_epochs:
+            changes["patience"] = math.ceil(self.patience_epochs * spe / changes.get("eval_every", self.eval_every))
+        return replace(self, **changes) if changes else self
 
 
 @dataclass(frozen=True)
@@ -67,6 +112,9 @@ class EvalConfig:
             raise ConfigError(f"'eval.elbo_samples' must be >= 1; got {self.elbo_samples}")
 
 
+EPOCH_KEYS = {"max_epochs": "max_steps", "eval_every_epochs": "eval_every", "kl_warmup_epochs": "kl_warmup_steps",
+              "patience_epochs": "patience"}  # a duration is given in epochs or in steps, never both
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
 
 
@@ -81,6 +129,12 @@ class RunConfig:
     train: TrainConfig
     data: DataConfig
     eval: EvalConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", self.train.in_steps(self.data.dataset))
+        if self.train.objective == "iwae" and self.model.kl != "mc":
+            raise ConfigError("'train.objective' = 'iwae' needs 'model.kl' = 'mc' (the bound needs per-sample "
+                              "log-weights)")
 
     def sections(self) -> dict[str, dict[str, Any]]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from bench.config import SECTIONS, RunConfig
+from bench.config import EPOCH_KEYS, SECTIONS, RunConfig
 from bench.errors import UserError
 from vae_core.config import ConfigError, field_names, from_dict, suggest
 
@@ -99,15 +99,18 @@ def parse_grid(raw: Mapping[str, Any], default_name: str = "grid") -> list[RunCo
 
 
 def resolve(flat: Mapping[str, Any], grid: str, variant: str, label: str) -> RunConfig:
+    for epochs, steps in EPOCH_KEYS.items():
+        if f"train.{epochs}" in flat and f"train.{steps}" in flat:
+            raise ConfigError(f"variant '{variant}': give 'train.{epochs}' or 'train.{steps}', not both")
     tables: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in flat.items():
         section, field = key.split(".", 1)
         tables[section][field] = value
     try:
         parsed = {s: from_dict(cls, tables[s], f"{s}.") for s, cls in SECTIONS.items()}
+        return RunConfig(grid=grid, variant=variant, label=label, **parsed)
     except ConfigError as err:
         raise ConfigError(f"variant '{variant}': {err}") from None
-    return RunConfig(grid=grid, variant=variant, label=label, **parsed)
 
 
 def load_grid(path: str | Path) -> list[RunConfig]:

@@ -2,7 +2,7 @@
 group is cut into stacks of at most the chosen size (`vaebench run --stack auto|N`).
 
 Per-run keys (each run of a stack keeps its own value): `train.seed`, `train.lr`, `train.kl_warmup_steps`,
-`train.grad_clip`, `train.patience`. Everything else (architecture, families, optimizer, batch size,
+`train.grad_clip`, `train.patience` (and `train.kl_warmup_epochs`, `train.patience_epochs`, which set them). Everything else (architecture, families, optimizer, batch size,
 steps, evaluation protocol, data, compile) must be equal.
 """
 
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from bench.config import RunConfig
 from bench.errors import UserError
 
-PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience")
+PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience",
+                "train.kl_warmup_epochs", "train.patience_epochs")  # the epoch keys resolve to the step keys
 
 # `--stack auto` on the CPU: stack only where it was measured to pay. 9 runs stacked vs one at a time, both
 # compiled, 2-core CPU (tests/benchmarks/test_stacked.py): autoregressive flows at the quick width gain (IAF

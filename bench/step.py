@@ -2,8 +2,9 @@
 
 A run is its flat parameter vector `flat [N]` (laid out by `FlatLayout`), its optimizer state and its
 step count `t`. `train_step` maps those, a batch and the run's noise to the next ones: the gradient of
--(reconstruction - beta * kl) (`torch.func.grad` through `functional_call`), per-run gradient clipping and
-the optimizer update, in one function, so that compiled they are one graph.
+minus the training bound (the ELBO or the IWAE bound; `torch.func.grad` through `functional_call`),
+per-run gradient clipping, the lr schedule and the optimizer update, in one function, so that compiled
+they are one graph.
 
 `StackFunctions` applies these to R runs at once: with R = 1 the functions run as written on row 0; with
 R > 1 `torch.func.vmap` maps them over a leading run dimension (every weight batched, every matmul a
@@ -14,6 +15,7 @@ generators do not trace, and drawing outside keeps eager, compiled and stacked r
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -21,8 +23,9 @@ import torch.nn as nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from bench.optim import Optimizer, State, clip_gradient
+from bench.optim import LrSchedule, Optimizer, State, clip_gradient, normalize_per_tensor
 from vae_core import VAE
+from vae_core.estimators import iw_bound
 
 
 class FlatLayout:
@@ -60,25 +63,54 @@ def kl_weight(t: torch.Tensor, warmup_steps: torch.Tensor) -> torch.Tensor:
                        torch.ones_like(t))
 
 
+def training_bound(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_q: torch.Tensor, beta: torch.Tensor,
+                   objective: str) -> torch.Tensor:
+    """Per-example bound [B] from per-sample log-densities [k, B] with the KL part weighted by beta:
+    log w = log p(x|z) - beta (log q - log p(z)); "elbo": mean_k log w; "iwae": log mean_k exp(log w)."""
+    log_w = log_px_z - beta * (log_q - log_pz)  # [k, B]
+    return iw_bound(log_w) if objective == "iwae" else log_w.mean(0)
+
+
+def run_loss(model: VAE, layout: FlatLayout, flat: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor,
+             beta: torch.Tensor, objective: str = "elbo"):
+    """(loss [], (reconstruction sum [], kl sum [])) of one run's weights flat [N] on batch [B, P] with noise
+    eps [k, B, D]: minus the `objective` bound averaged over the batch, the KL part weighted by beta.
+
+    "elbo" is reconstruction - beta * kl averaged over the k samples (the model's forward, so
+    `model.kl` = "analytic" applies); "iwae" is the importance-weighted bound over the k samples
+    (`training_bound`). The sums are the k-sample ELBO's terms either way (the training curve).
+    """
+    if objective == "elbo":
+        reconstruction, kl = functional_call(model, layout.params(flat), (batch, eps))  # [B], [B]
+        bound = reconstruction - beta * kl
+    else:
+        log_px_z, log_pz, log_q = functional_call(_Method(model, "log_densities"), layout.params(flat, "model."),
+                                                  (batch, eps))  # [k, B] each
+        bound = training_bound(log_px_z, log_pz, log_q, beta, objective)
+        reconstruction, kl = log_px_z.mean(0), (log_q - log_pz).mean(0)
+    return -bound.mean(), (reconstruction.detach().sum(), kl.detach().sum())
+
+
 def train_step(model: VAE, layout: FlatLayout, optimizer: Optimizer, flat: torch.Tensor, state: State,
                t: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor, lr: torch.Tensor,
-               warmup_steps: torch.Tensor, grad_clip: torch.Tensor, active: torch.Tensor):
-    """One run's step: (flat [N], state, t [], batch [B, P], eps [1, B, D], lr, warmup_steps, grad_clip,
+               warmup_steps: torch.Tensor, grad_clip: torch.Tensor, active: torch.Tensor,
+               objective: str = "elbo", schedule: LrSchedule = LrSchedule(), normalize: str = "none"):
+    """One run's step: (flat [N], state, t [], batch [B, P], eps [k, B, D], lr, warmup_steps, grad_clip,
     active: 0-d) -> (flat, state, t, reconstruction sum [], kl sum [], ok []).
 
-    The loss is -(reconstruction - beta * kl) averaged over the batch, beta = kl_weight(t, warmup_steps).
-    A run that is not `active`, or whose loss is not finite at this step, keeps its parameters, state and
-    t: it is frozen where it stood, and `ok` says so.
+    The gradient of `run_loss` with beta = kl_weight(t, warmup_steps), normalized per parameter tensor if
+    `normalize` = "per-tensor", clipped, then the optimizer update at lr * schedule(t). A run that is not
+    `active`, or whose loss is not finite at this step, keeps its parameters, state and t: it is frozen where
+    it stood, and `ok` says so.
     """
     beta = kl_weight(t, warmup_steps)
-
-    def loss(values: torch.Tensor):
-        reconstruction, kl = functional_call(model, layout.params(values), (batch, eps))  # [B], [B]
-        return -(reconstruction - beta * kl).mean(), (reconstruction.detach().sum(), kl.detach().sum())
-
-    gradient, (rec, kl) = grad(loss, has_aux=True)(flat)  # [N]
+    gradient, (rec, kl) = grad(run_loss, argnums=2, has_aux=True)(model, layout, flat, batch, eps, beta,
+                                                                  objective)  # [N]
+    if normalize == "per-tensor":
+        gradient = normalize_per_tensor(gradient, layout.sizes)
     t_next = t + 1
-    new_flat, new_state = optimizer.update(flat, clip_gradient(gradient, grad_clip), state, t_next, lr)
+    new_flat, new_state = optimizer.update(flat, clip_gradient(gradient, grad_clip), state, t_next,
+                                           lr * schedule(t))
     ok = active & torch.isfinite(rec) & torch.isfinite(kl)
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     return keep(new_flat, flat), tuple(map(keep, new_state, state)), keep(t_next, t), rec, kl, ok
@@ -144,12 +176,13 @@ class StackFunctions:
     architecture), eager or compiled (one compiled graph per R and shape).
 
     Shapes: flat [R, N], state leaves [R, N], t/lr/warmup/clip/active [R], batch [R, B, P],
-    eps [R, 1, B, D]; evaluation x [B, P] is shared, eval noise [R, k, B, D].
+    eps [R, k, B, D] (k = the objective's samples); evaluation x [B, P] is shared, eval noise [R, k, B, D].
     """
 
     RECOMPILE_LIMIT = 64  # shapes per function: stack sizes as runs finish, last eval batch, last IW chunk
 
-    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool):
+    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool, objective: str = "elbo",
+                 schedule: LrSchedule = LrSchedule(), normalize: str = "none"):
         self.model = model
         layout = FlatLayout(model)
         self.layout = layout
@@ -165,7 +198,8 @@ class StackFunctions:
                 return eager
             return _Fallback(compile_fn(_on_rows(fn, in_dims), name), eager, self, name)
 
-        step = lambda *a: train_step(model, layout, optimizer, *a)  # noqa: E731
+        step = partial(train_step, model, layout, optimizer, objective=objective, schedule=schedule,
+                       normalize=normalize)
         self.train_step = wrap("train_step", step, (0,) * 9)
         self.elbo_terms = wrap("elbo_terms", lambda f, x, e: elbo_terms(model, layout, f, x, e), (0, None, 0))
         self.encode = wrap("encode", lambda f, x: encode(model, layout, f, x), (0, None))

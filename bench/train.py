@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from bench.config import RunConfig
-from bench.optim import OPTIMIZERS, flatten_parameters
+from bench.optim import OPTIMIZERS, LrSchedule, flatten_parameters
 from bench.step import StackFunctions
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
@@ -133,9 +133,11 @@ class Run:
         return self.step % t.eval_every == 0 or self.step == t.max_steps
 
     def record_validation(self, figures: dict, interval: dict, flat: torch.Tensor) -> None:
-        """Curves, best checkpoint, patience and divergence after one validation of the weights `flat` [N]."""
+        """Curves, checkpoint, patience and divergence after one validation of the weights `flat` [N]. The
+        checkpoint (tested at the end) is the best on validation ELBO, or the latest (`train.select` = "last")."""
         t = self.cfg.train
         common = {"run_id": self.cfg.run_id, "step": self.step,
+                  "epoch": self.step / t.steps_per_epoch(self.cfg.data.dataset),
                   "train_examples_per_s": self.step * t.batch_size / max(self.train_seconds, 1e-9),
                   "wall_seconds": self.train_seconds + self.eval_seconds}
         self.curves.append({**common, "split": "train", **interval, "iw_log_px": math.nan})
@@ -144,7 +146,7 @@ class Run:
         if not math.isfinite(figures["elbo"]):  # non-finite weights: divergence, never "not better"
             self.status, self.first_bad_step = "diverged", self.first_bad_step or self.step
             return
-        if figures["elbo"] > self.best["elbo"]:
+        if figures["elbo"] > self.best["elbo"] or t.select == "last":
             self.best = {"step": self.step, "elbo": figures["elbo"], "iw_log_px": figures["iw_log_px"]}
             self.best_flat = flat.clone()
             self.evals_since_best = 0
@@ -194,13 +196,17 @@ class Stack:
         self.cfgs, self.data, self.layout, self.device = cfgs, data, layout, device
         self.on_progress = on_progress or (lambda *a: None)
         first = cfgs[0]
-        self.optimizer = OPTIMIZERS[first.train.optimizer]
+        train = first.train
+        self.optimizer = OPTIMIZERS[train.optimizer].with_eps(train.optimizer_eps)
         models = []
         for cfg in cfgs:  # each run's init is the one it gets alone: seeded by its seed
             torch.manual_seed(cfg.train.seed)
             models.append(build_vae(cfg.model).to(device))
         self.template: VAE = models[0]  # its own parameter values are never used for training: rows are
-        self.fns = StackFunctions(self.template, self.optimizer, compile=first.train.compile)
+        schedule = LrSchedule(train.lr_schedule, train.steps_per_epoch(first.data.dataset), train.lr_decay,
+                              train.lr_decay_epochs)
+        self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, objective=train.objective,
+                                  schedule=schedule, normalize=train.grad_normalize)
         self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
         self.template_flat = flatten_parameters(self.template)
         self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]
@@ -253,7 +259,8 @@ class Stack:
         else:
             batch = self.data.train[torch.stack([run.next_indices() for run in live])]  # [R, B, P]
         like = batch.new_empty(batch.shape[1], self.template.config.latent_dim)  # [B, D]
-        eps = torch.stack([standard_normal(1, like, run.gen_noise) for run in live])  # [R, 1, B, D]
+        k = live[0].cfg.train.objective_samples
+        eps = torch.stack([standard_normal(k, like, run.gen_noise) for run in live])  # [R, k, B, D]
         args = (self.flat, self.opt_state, self.t, batch, eps, self.lr, self.warmup, self.clip, self.active)
         if self.fns.compiled and len(live) not in self._compiled_sizes:  # compile time is not training time
             _sync(self.device)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal
 
-from bench.optim import OPTIMIZERS, flatten_parameters, is_flat
+from bench.optim import OPTIMIZERS, LrSchedule, flatten_parameters, is_flat
 from bench.step import FlatLayout, StackFunctions, kl_weight
 from bench.train import evaluate
 from vae_core import build_vae
@@ -91,6 +91,52 @@ def test_functional_step_trains_like_autograd_and_torch_optim(float64, name):
     expected = FlatLayout(plain).flatten(plain)
     torch.testing.assert_close(flat[0], expected, rtol=1e-9, atol=1e-12)
     assert not torch.equal(flat[0], FlatLayout(ours).flatten(ours)), "no update happened"
+
+
+def test_protocol_options_train_like_autograd_and_torch_optim(float64):
+    """The IWAE objective (k = 3, KL warm-up inside each log-weight), per-tensor gradient normalization, Adam
+    with eps 1e-4 and a step lr schedule (halved every 2 steps) = the same recipe written with autograd,
+    torch.optim.Adam and LambdaLR over the module's parameters: same parameters after 6 steps."""
+    config = {"hidden": [16], "latent_dim": 3, "posterior": "planar", "prior": "vamp", "prior_components": 4,
+              "activation": "gated", "scale": "hardtanh-logvar", "init": "he", "prior_pseudo_inputs": "hardtanh"}
+    torch.manual_seed(0)
+    plain, ours = build_vae(config), build_vae(config)
+    ours.load_state_dict(plain.state_dict())
+    lr, warmup = 1e-2, 4
+    reference = torch.optim.Adam(plain.parameters(), lr=lr, eps=1e-4, foreach=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(reference, lambda s: 0.5 ** (s // 2))
+    fns = StackFunctions(ours, OPTIMIZERS["adam"].with_eps(1e-4), compile=False, objective="iwae",
+                         schedule=LrSchedule("step", steps_per_epoch=2, decay=0.5), normalize="per-tensor")
+    flat, lr_t, warmup_t, clip_t = one_run_args(ours, lr, warmup, 0.0)
+    state, t, active = OPTIMIZERS["adam"].init(flat), flat.new_zeros(1), torch.ones(1, dtype=torch.bool)
+    x = binary((8, 784), 5)
+    for step in range(6):
+        eps = torch.randn((3, 8, 3), generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+        log_px_z, log_pz, log_q = plain.log_densities(x, eps)  # [k, B] each
+        beta = min(1.0, step / warmup)
+        bound = torch.logsumexp(log_px_z - beta * (log_q - log_pz), 0) - math.log(3)
+        reference.zero_grad()
+        (-bound.mean()).backward()
+        for p in plain.parameters():
+            p.grad /= p.grad.norm() + 1e-7
+        reference.step()
+        scheduler.step()
+        flat, state, t, *_ = fns.train_step(flat, state, t, x[None], eps[None], lr_t, warmup_t, clip_t, active)
+    torch.testing.assert_close(flat[0], FlatLayout(plain).flatten(plain), rtol=1e-9, atol=1e-12)
+    assert not torch.equal(flat[0], FlatLayout(ours).flatten(ours)), "no update happened"
+
+
+def test_init_schemes_draw_what_they_name():
+    torch.manual_seed(0)
+    he = build_vae({"hidden": [400], "latent_dim": 4, "init": "he"}).encoder.net[0]
+    assert he.weight.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.02)
+    glorot = build_vae({"hidden": [400], "latent_dim": 4, "init": "glorot"}).decoder.net[0]
+    bound = (6 / (4 + 400)) ** 0.5
+    assert glorot.weight.abs().max().item() <= bound and glorot.weight.abs().max().item() > 0.95 * bound
+    assert torch.equal(glorot.bias, torch.zeros_like(glorot.bias))
+    vamp = build_vae({"hidden": [8], "latent_dim": 2, "prior": "vamp", "prior_pseudo_inputs": "hardtanh"}).prior
+    u = vamp.pseudo_inputs()
+    assert u.min().item() >= 0 and u.max().item() <= 1 and u.mean().item() == pytest.approx(0.05, abs=0.002)
 
 
 def test_clipping_is_per_run_and_zero_means_off(float64):

@@ -103,3 +103,25 @@ def test_config_round_trips_through_plain_data():
     assert ModelConfig.parse(config) is config
     with pytest.raises(ConfigError, match="must be a table"):
         ModelConfig.parse([("latent_dim", 3)])
+
+
+def test_activations_compute_what_they_name(float64):
+    """relu / tanh hidden layers, and the gated layer h(x) * sigmoid(g(x)); the output layer stays linear."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 784, dtype=torch.float64)  # [B, P]
+    for activation, nonlinearity in [("relu", torch.relu), ("tanh", torch.tanh)]:
+        net = build_vae({"hidden": [7], "latent_dim": 2, "activation": activation}).double().encoder.net
+        first, last = net[0], net[-1]
+        torch.testing.assert_close(net(x), last(nonlinearity(first(x))))
+    net = build_vae({"hidden": [7, 6], "latent_dim": 2, "activation": "gated"}).double().encoder.net
+    g1, g2, last = net
+    h = g1.h(x) * torch.sigmoid(g1.g(x))
+    torch.testing.assert_close(net(x), last(g2.h(h) * torch.sigmoid(g2.g(h))))
+
+
+def test_hardtanh_logvar_scale_clamps_the_log_variance_to_minus_6_and_2(float64):
+    from vae_core.nets import hardtanh_logvar_scale
+
+    raw = torch.tensor([-10.0, -6.0, 0.0, 1.0, 2.0, 5.0], dtype=torch.float64)
+    expected = torch.exp(0.5 * torch.tensor([-6.0, -6.0, 0.0, 1.0, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(hardtanh_logvar_scale(raw), expected)

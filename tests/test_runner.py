@@ -68,6 +68,18 @@ def test_every_shipped_config_validates(name):
         assert {r.train.lr for r in runs} == {3e-4, 1e-3, 3e-3}
 
 
+def test_durations_in_epochs_resolve_to_steps_of_the_training_set():
+    """binarized MNIST has 50000 training images: batch 100 is 500 steps an epoch (batch 128: 390, the last
+    partial batch dropped); patience in epochs becomes the validations that span it."""
+    (run,) = parse_grid({"train": {"batch_size": 100, "max_epochs": 2000, "eval_every_epochs": 1,
+                                   "kl_warmup_epochs": 100, "patience_epochs": 50}})
+    t = run.train
+    assert (t.max_steps, t.eval_every, t.kl_warmup_steps, t.patience) == (1_000_000, 500, 50_000, 50)
+    (run,) = parse_grid({"train": {"batch_size": 128, "max_epochs": 3, "eval_every": 1000, "patience_epochs": 5}})
+    assert (run.train.max_steps, run.train.eval_every, run.train.patience) == (1170, 1000, 2)
+    assert run.train.max_epochs == 3  # the epoch keys stay in the resolved config (and its hash)
+
+
 def test_quoted_and_unquoted_dotted_keys_mean_the_same():
     quoted = parse_grid({"variant": [{"name": "a", "model.posterior": "iaf"}], "grid": {"train.seed": [0, 1]}})
     nested = parse_grid({"variant": [{"name": "a", "model": {"posterior": "iaf"}}],
@@ -96,6 +108,21 @@ BAD = {
                          "'train.seed' is set by the variant and by the [grid] axis"),
     "axis_not_list": ('[grid]\n"train.seed" = 3\n', "must be a non-empty list"),
     "axis_bad_value": ('[grid]\n"train.lr" = [1e-3, -1.0]\n', "'train.lr' must be > 0"),
+    "unknown_objective": ('[train]\nobjective = "vimco"\n', "'train.objective' must be one of 'elbo', 'iwae'"),
+    "objective_samples": ('[train]\nobjective_samples = 0\n', "'train.objective_samples' must be >= 1"),
+    "iwae_analytic_kl": ('[model]\nkl = "analytic"\n[train]\nobjective = "iwae"\n',
+                         "'train.objective' = 'iwae' needs 'model.kl' = 'mc'"),
+    "unknown_activation": ('[model]\nactivation = "gelu"\n', "'model.activation' must be one of"),
+    "unknown_scale": ('[model]\nscale = "sigmoid"\n', "'model.scale' must be one of"),
+    "unknown_schedule": ('[train]\nlr_schedule = "cosine"\n', "'train.lr_schedule' must be one of"),
+    "decay_without_schedule": ('[train]\nlr_decay = 0.5\n', "'train.lr_decay' is used by lr_schedule"),
+    "decay_not_below_one": ('[train]\nlr_schedule = "step"\nlr_decay = 1.5\n', "'train.lr_decay' must be in (0, 1)"),
+    "epochs_and_steps": ('[train]\nmax_steps = 100\n[[variant]]\nname = "a"\ntrain.max_epochs = 3\n',
+                         "give 'train.max_epochs' or 'train.max_steps', not both"),
+    "negative_epochs": ('[train]\nkl_warmup_epochs = -1\n', "'train.kl_warmup_epochs' must be >= 0"),
+    "select_last_with_patience": ('[train]\nselect = "last"\npatience = 3\n',
+                                  "'train.patience' needs 'train.select' = 'best-valid'"),
+    "optimizer_eps": ('[train]\noptimizer_eps = 0\n', "'train.optimizer_eps' must be > 0"),
 }
 
 

@@ -65,7 +65,20 @@ def test_run_k_of_a_stack_trains_exactly_as_alone(float64, one_thread, tmp_path,
                                                   device):
     """Same training ELBO at every step and the same weights and optimizer state after 50 steps (relative 1e-9), with
     per-run seeds (init, batches, noise), lrs, KL warm-ups and clipping norms; batches wrap the epoch."""
-    cfgs = configs(posterior, prior, optimizer)
+    assert_stack_trains_as_alone(configs(posterior, prior, optimizer), tmp_path, device)
+
+
+@pytest.mark.parametrize("posterior,prior", [("iaf", "vamp"), ("planar", "flow")])
+def test_iwae_objective_and_lr_schedule_train_in_a_stack_exactly_as_alone(float64, one_thread, tmp_path, posterior,
+                                                                          prior):
+    """The IWAE bound over 4 samples with a decaying lr (synthetic data: 50000 // 8 steps an epoch, so the
+    exponential factor falls smoothly every step) and Adam's eps of the IWAE paper."""
+    cfgs = configs(posterior, prior, "adam", objective="iwae", objective_samples=4, lr_schedule="exponential",
+                   lr_decay=1e-3, optimizer_eps=1e-4)
+    assert_stack_trains_as_alone(cfgs, tmp_path, "cpu")
+
+
+def assert_stack_trains_as_alone(cfgs, tmp_path, device):
     data, layout = synthetic_data(device), ResultsLayout(tmp_path)
     stack = Stack(cfgs, data, layout, torch.device(device))
     alone = [Stack([cfg], data, layout, torch.device(device)) for cfg in cfgs]
@@ -136,6 +149,19 @@ def test_divergence_and_early_stopping_stay_inside_their_run(float64, tmp_path):
                                           rtol=1e-9)
 
 
+def test_select_last_tests_the_final_weights_not_the_best(float64, tmp_path):
+    per_run = [(0, 3e-3, 0, 0.0), (1, 1e-2, 0, 0.0)]
+    best = lifecycle(Stack(configs("mean-field", "standard", "adam", per_run=per_run, eval_every=10),
+                           synthetic_data(), ResultsLayout(tmp_path / "best"), torch.device("cpu")))
+    last = lifecycle(Stack(configs("mean-field", "standard", "adam", per_run=per_run, eval_every=10, select="last"),
+                           synthetic_data(), ResultsLayout(tmp_path / "last"), torch.device("cpu")))
+    for name in ("r0", "r1"):
+        valid = best[name]["curves"].query("split == 'valid'").set_index("step")["elbo"]
+        assert best[name]["best"]["step"] == valid.idxmax()
+        assert last[name]["best"]["step"] == 50 and last[name]["best"]["elbo"] == valid[50]
+    assert any(best[name]["best"]["step"] != 50 for name in ("r0", "r1")), "the test needs a run whose best is earlier"
+
+
 def test_grouping_keeps_only_per_run_keys_apart():
     runs = parse_grid({"name": "g", "model": {"hidden": [8], "latent_dim": 2},
                        "variant": [{"name": "mf"}, {"name": "iaf", "model.posterior": "iaf"}],
@@ -148,6 +174,11 @@ def test_grouping_keeps_only_per_run_keys_apart():
     assert len(plan_stacks(runs, 1, "cpu")) == 24 and len({p.stack_id for p in plans}) == 6
     different_steps = parse_grid({"name": "g", "grid": {"train.max_steps": [10, 20]}})
     assert len(plan_stacks(different_steps, 9, "cpu")) == 2
+    warmups_in_epochs = parse_grid({"name": "g", "grid": {"train.kl_warmup_epochs": [1, 2],
+                                                          "train.patience_epochs": [3, 4]}})
+    assert len(plan_stacks(warmups_in_epochs, 9, "cpu")) == 1
+    for key in ("train.objective_samples", "train.lr_schedule", "train.max_epochs"):
+        assert key not in PER_RUN_KEYS  # the step's shapes, schedule and length are the stack's
 
 
 # -- through the runner ----------------------------------------------------------------------------------

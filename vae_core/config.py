@@ -115,7 +115,10 @@ class ModelConfig:
     prior_components: int = 10
     prior_flow_steps: int = 2
     flow_hidden: int = 0
-    scale: str = choice("softplus", ("softplus", "exp"))
+    activation: str = choice("relu", ("relu", "tanh", "gated"))
+    init: str = choice("torch", ("torch", "he", "glorot"))
+    prior_pseudo_inputs: str = choice("sigmoid", ("sigmoid", "hardtanh"))
+    scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar"))
     kl: str = choice("mc", ("mc", "analytic"))
 
     def __post_init__(self) -> None:
@@ -141,6 +144,8 @@ class ModelConfig:
              f"= {self.flow_hidden} is below latent_dim - 1 = {self.latent_dim - 1}: some inputs would reach no output")
         need(self.kl == "mc" or (self.posterior == "mean-field" and self.prior == "standard"), "kl",
              "= 'analytic' needs posterior 'mean-field' and prior 'standard'")
+        need(self.prior_pseudo_inputs == "sigmoid" or self.prior == "vamp", "prior_pseudo_inputs",
+             f"= {self.prior_pseudo_inputs!r} needs prior 'vamp'; got prior {self.prior!r}")
         need(self.architecture != "conv" or self.data_dim == 784, "architecture",
              f"= 'conv' needs data_dim 784 (28x28 images); got {self.data_dim}")
 

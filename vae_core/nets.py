@@ -12,13 +12,30 @@ CONV_CHANNELS = (32, 64)
 CONV_GRID = 7  # 28 -> 14 -> 7 after two stride-2 convs
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
+class GatedDense(nn.Module):
+    """h(x) * sigmoid(g(x)) with h, g linear: the gated dense layer of Tomczak & Welling 2018 (VampPrior)."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__()
+        self.h, self.g = nn.Linear(a, b), nn.Linear(a, b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+ACTIVATIONS = ("relu", "tanh", "gated")
+
+
+def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
+    """Hidden layers a -> b with `activation` (relu, tanh: linear then the nonlinearity; gated: `GatedDense`),
+    then a plain linear output layer."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        if activation == "gated":
+            layers.append(GatedDense(a, b))
+        else:
+            layers += [nn.Linear(a, b), nn.Tanh() if activation == "tanh" else nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
 
 
@@ -44,18 +61,44 @@ def deconv_head() -> nn.Sequential:
     )
 
 
+def init_linear_layers(module: nn.Module, scheme: str) -> None:
+    """Re-draw the weights of every nn.Linear in `module`: "he" N(0, 2 / fan_in) (biases kept, as the VampPrior
+    code does), "glorot" U(+-sqrt(6 / (fan_in + fan_out))) with zero biases (the IWAE code); "torch" keeps
+    torch's default."""
+    if scheme == "torch":
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            with torch.no_grad():
+                if scheme == "he":
+                    layer.weight.normal_(0.0, (2.0 / layer.in_features) ** 0.5)
+                else:
+                    nn.init.xavier_uniform_(layer.weight)
+                    layer.bias.zero_()
+
+
+def hardtanh_logvar_scale(raw: torch.Tensor) -> torch.Tensor:
+    """scale = exp(logvar / 2) with logvar = hardtanh(raw) in [-6, 2] (the VampPrior paper's encoder)."""
+    return torch.exp(0.5 * F.hardtanh(raw, -6.0, 2.0))
+
+
+SCALES = {"softplus": F.softplus, "exp": torch.exp, "hardtanh-logvar": hardtanh_logvar_scale}
+
+
 class Encoder(nn.Module):
     """x [B, P] -> (loc [B, D], scale [B, D], context [B, C]); C is what the posterior family asks for."""
 
     def __init__(self, cfg: ModelConfig, context_dim: int):
         super().__init__()
         self.latent_dim, self.context_dim = cfg.latent_dim, context_dim
-        self.scale_fn = F.softplus if cfg.scale == "softplus" else torch.exp
+        self.scale_fn = SCALES[cfg.scale]
         out = 2 * cfg.latent_dim + context_dim
         if cfg.architecture == "conv":
-            self.net = nn.Sequential(conv_body(), mlp([CONV_CHANNELS[1] * CONV_GRID**2, *cfg.hidden, out]))
+            self.net = nn.Sequential(conv_body(),
+                                     mlp([CONV_CHANNELS[1] * CONV_GRID**2, *cfg.hidden, out], cfg.activation))
         else:
-            self.net = mlp([cfg.data_dim, *cfg.hidden, out])
+            self.net = mlp([cfg.data_dim, *cfg.hidden, out], cfg.activation)
+        init_linear_layers(self.net, cfg.init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.net(x)
@@ -76,9 +119,11 @@ class Decoder(nn.Module):
         hidden = list(reversed(cfg.hidden))
         if cfg.architecture == "conv":
             flat = CONV_CHANNELS[1] * CONV_GRID**2
-            self.net = nn.Sequential(mlp([cfg.latent_dim, *hidden, flat]), nn.ReLU(), deconv_head())
+            self.net = nn.Sequential(mlp([cfg.latent_dim, *hidden, flat], cfg.activation), nn.ReLU(),
+                                     deconv_head())
         else:
-            self.net = mlp([cfg.latent_dim, *hidden, cfg.data_dim])
+            self.net = mlp([cfg.latent_dim, *hidden, cfg.data_dim], cfg.activation)
+        init_linear_layers(self.net, cfg.init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]

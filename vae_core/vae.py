@@ -42,8 +42,14 @@ class VAE(nn.Module):
     def log_weights(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, P] -> (log p(x|z), log p(z), log q(z|x)), each [k, B], for z ~ q(z|x)."""
-        loc, scale, context = self.encoder(x)  # [B, D], [B, D], [B, C]
-        z, log_q = self.posterior.rsample(loc, scale, context, k, generator)  # [k, B, D], [k, B]
+        return self.log_densities(x, self.noise(k, x, generator))
+
+    def log_densities(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z), log q(z|x)), each [k, B], for z = q's map of noise eps [k, B, D] (pure)."""
+        return self._log_densities(x, *self.encoder(x), eps)
+
+    def _log_densities(self, x, loc, scale, context, eps):
+        z, log_q = self.posterior.from_noise(loc, scale, context, eps)  # [k, B, D], [k, B]
         return bernoulli_log_prob(x, self.decoder(z)), self.prior.log_prob(z), log_q
 
     def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
@@ -58,13 +64,11 @@ class VAE(nn.Module):
         kl = "mc": E_q[log q - log p]; "analytic": closed form (mean-field posterior, standard prior).
         """
         loc, scale, context = self.encoder(x)
-        z, log_q = self.posterior.from_noise(loc, scale, context, eps)
-        reconstruction = bernoulli_log_prob(x, self.decoder(z)).mean(0)
         if self.config.kl == "analytic":
-            kl = kl_normal_std_normal(loc, scale)
-        else:
-            kl = (log_q - self.prior.log_prob(z)).mean(0)
-        return reconstruction, kl
+            z, _ = self.posterior.from_noise(loc, scale, context, eps)
+            return bernoulli_log_prob(x, self.decoder(z)).mean(0), kl_normal_std_normal(loc, scale)
+        log_px_z, log_pz, log_q = self._log_densities(x, loc, scale, context, eps)
+        return log_px_z.mean(0), (log_q - log_pz).mean(0)
 
     def elbo(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """[B] nats."""
@@ -99,8 +103,8 @@ class VAE(nn.Module):
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
         """log p(x, z) - log q(z|x) [k, B] for z = q's map of noise eps [k, B, D], given the encoder's outputs."""
-        z, log_q = self.posterior.from_noise(loc, scale, context, eps)
-        return bernoulli_log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - log_q
+        log_px_z, log_pz, log_q = self._log_densities(x, loc, scale, context, eps)
+        return log_px_z + log_pz - log_q
 
     @torch.no_grad()
     def latent_code(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,14 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from bench.errors import UserError
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
+from bench.report.reproductions import reproduction_markdown, reproduction_table
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
-                                 display_main_table, failures, load_results, main_table, several_lrs, status_counts,
-                                 to_markdown)
+                                 display_main_table, failures, load_curves, load_results, main_table, several_lrs,
+                                 status_counts, to_markdown)
 from bench.report.versus import (display_versus, no_lr_overlap, pick_baseline, versus_by_lr, versus_sentence,
                                  versus_table)
 from vae_core.data.paths import check_data_dir
@@ -125,7 +127,14 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         if not console.is_terminal:  # piped or captured: no terminal width to respect
             console = Console(width=160)
     check_data_dir(data_dir)
-    runs, curves, read_notes = load_results(results)
+    try:
+        runs, curves, read_notes = load_results(results)
+    except UserError:
+        progress = reproduction_table(pd.DataFrame(), load_curves(results))
+        if progress.empty:
+            raise
+        return _progress_report(results, out, progress, console)
+    reproductions = reproduction_table(runs, curves)
     reference = pick_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
     show_lr = several_lrs(runs)
@@ -193,6 +202,8 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     if figure_notes:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
 
+    if not reproductions.empty:
+        md += reproduction_markdown(reproductions)
     md += [literature_markdown()]
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")
@@ -203,5 +214,25 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     _print_table(display_versus(versus, show_lr), None, console, f"versus {reference} (each variant at its best lr "
                  "on validation; Δ = variant − reference, nats; cost as ratios)")
     console.print(sentence, highlight=False, markup=False)
+    if not reproductions.empty:
+        _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
+                     "reproductions: measured vs published test log p(x), nats")
     console.print(f"wrote {path} and {len(written)} figure(s)", highlight=False)
+    return path
+
+
+def _progress_report(results: Path, out: Path, reproductions: pd.DataFrame, console: Console) -> Path:
+    """The report of a folder whose only runs are unfinished reproductions: how far each got."""
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# vaebench report", "",
+          f"- Results folder: `{results}`; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+          "- No run has finished yet: only the reproductions' progress is shown.", ""]
+    md += reproduction_markdown(reproductions) + [literature_markdown()]
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md), encoding="utf-8")
+    tmp.replace(path)
+    _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
+                 "reproductions in progress (no run finished yet)")
+    console.print(f"wrote {path}", highlight=False)
     return path

@@ -54,6 +54,11 @@ def load_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[st
     return normalize_runs(runs), curves, notes + curve_notes
 
 
+def load_curves(results_dir: Path) -> pd.DataFrame:
+    """Every curve row of a results folder (empty when there are none)."""
+    return _read_folder(Path(results_dir) / "curves")[0]
+
+
 def normalize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """A copy with every column the report reads present and a `label` column naming the variant
     (`grid/variant` when the table holds several grids)."""

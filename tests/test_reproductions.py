@@ -1,0 +1,86 @@
+"""The reproduction table: measured figures of a reproduce grid's completed runs beside the published value
+(hand-computed mean, sd, difference and t-interval), unfinished runs shown by the epoch they reached, and
+every shipped reproduce config resolving to the published protocol with a published entry."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.gridfile import load_grid
+from bench.report import make_report
+from bench.report.reproductions import PUBLISHED, reproduction_table
+from tests.test_report import quiet, row, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+REPRODUCE = sorted((REPO / "configs" / "reproduce").glob("*.toml"))
+
+
+def in_progress_curves(root: Path, run_id: str, epochs: list[int], elbos: list[float]) -> None:
+    (root / "curves").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"run_id": run_id, "step": [e * 500 for e in epochs], "epoch": [float(e) for e in epochs],
+                  "split": "valid", "elbo": elbos, "reconstruction": math.nan, "kl": math.nan,
+                  "iw_log_px": math.nan, "train_examples_per_s": 1.0, "wall_seconds": 1.0}
+                 ).to_parquet(root / "curves" / f"{run_id}.parquet", index=False)
+
+
+def test_table_sets_measured_beside_published_and_reports_unfinished_runs(tmp_path):
+    measured = [-88.2, -88.9, -88.4]
+    rows = [row("standard", 5e-4, s, val=-90.0, test_px=v, test_elbo=-91.0, grid="vampprior-paper",
+                epochs_done=600.0 + s) for s, v in enumerate(measured)]
+    rows.append(row("other", 1e-3, 0, val=-90.0, test_px=-80.0, test_elbo=-81.0))  # not a reproduction
+    root = write_results(tmp_path / "results", rows)
+    in_progress_curves(root, "vampprior-paper-vamp-seed0-1234abcd", [1, 2, 3], [-150.0, -120.0, -110.5])
+    runs = pd.concat([pd.read_parquet(p) for p in (root / "runs").glob("*.parquet")], ignore_index=True)
+    curves = pd.concat([pd.read_parquet(p) for p in (root / "curves").glob("*.parquet")], ignore_index=True)
+    table = reproduction_table(runs, curves).set_index("reproduces")
+    assert list(table.index) == ["vampprior-paper/standard", "vampprior-paper/vamp"]
+    standard = table.loc["vampprior-paper/standard"]
+    mean, sd = statistics.mean(measured), statistics.stdev(measured)
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, dof 2)
+    assert standard["measured log p(x)"] == f"{mean:.2f} ± {sd:.2f}"
+    assert standard["Δ (95% CI)"] == f"{mean + 88.56:+.2f} [{mean + 88.56 - half:+.2f}, {mean + 88.56 + half:+.2f}]"
+    assert standard["seeds"] == "3" and "epochs 600, 601, 602" in standard["progress"]
+    vamp = table.loc["vampprior-paper/vamp"]
+    assert vamp["measured log p(x)"] == "–" and vamp["seeds"] == "0"
+    assert "1 in progress: epoch 3 (valid ELBO -110.50)" in vamp["progress"]
+
+
+def test_report_of_only_unfinished_reproductions_shows_their_progress(tmp_path):
+    root = tmp_path / "results"
+    in_progress_curves(root, "iwae-paper-iwae-k5-seed1-00ff00ff", [10, 20], [-100.0, -95.25])
+    path = make_report(root, tmp_path / "report", console=quiet())
+    text = path.read_text()
+    assert "No run has finished yet" in text and "iwae-paper/iwae-k5" in text and "epoch 20 (valid ELBO -95.25)" in text
+
+
+@pytest.mark.parametrize("path", REPRODUCE, ids=[p.stem for p in REPRODUCE])
+def test_every_reproduce_config_has_a_published_entry_and_two_seeds(path):
+    runs = load_grid(path)
+    published = {(p.grid, p.variant) for p in PUBLISHED}
+    assert {(r.grid, r.variant) for r in runs} <= published
+    assert len({r.train.seed for r in runs}) >= 2
+    assert all(r.eval.iw_samples == 5000 and r.data.dataset == "binarized-mnist" and r.data.max_eval_images == 0
+               for r in runs)
+    assert "Reproduces:" in path.read_text() and "could not" in path.read_text()
+
+
+def test_reproduce_configs_resolve_to_the_published_protocols():
+    by_variant = {r.variant: r for path in REPRODUCE for r in load_grid(path) if r.train.seed == 0}
+    for name, k in (("vae-k1", 1), ("iwae-k5", 5), ("iwae-k50", 50)):
+        t = by_variant[name].train
+        assert (t.objective, t.objective_samples) == ("elbo" if k == 1 else "iwae", k)
+        assert (t.batch_size, t.max_steps, t.lr_schedule, t.optimizer_eps, t.select) == \
+            (20, 3280 * 2500, "iwae", 1e-4, "last")
+        assert by_variant[name].model.hidden == (200, 200) and by_variant[name].model.activation == "tanh"
+    for name in ("standard", "vamp"):
+        cfg = by_variant[name]
+        t = cfg.train
+        assert (t.batch_size, t.lr, t.max_steps, t.eval_every, t.kl_warmup_steps, t.patience, t.grad_normalize) == \
+            (100, 5e-4, 2000 * 500, 500, 100 * 500, 50, "per-tensor")
+        assert (cfg.model.activation, cfg.model.latent_dim, cfg.model.scale) == ("gated", 40, "hardtanh-logvar")
+    assert by_variant["vamp"].model.prior_components == 500
