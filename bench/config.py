@@ -33,6 +33,7 @@ class TrainConfig:
     optimizer_eps: float = EPS
     grad_normalize: str = choice("none", ("none", "per-tensor"))
     select: str = choice("best-valid", ("best-valid", "last"))
+    autocast: str = choice("none", ("none", "bf16"))
     lr_schedule: str = choice("constant", tuple(LR_SCHEDULES))
     lr_decay: float = 1.0
     lr_decay_epochs: int = 1

@@ -15,6 +15,7 @@ generators do not trace, and drawing outside keeps eager, compiled and stacked r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -71,15 +72,36 @@ def training_bound(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_q: torch.Te
     return iw_bound(log_w) if objective == "iwae" else log_w.mean(0)
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How a stack's runs train (the same for every run of a stack).
+
+    objective: "elbo" or "iwae" (`run_loss`); schedule: the lr factor of step t; normalize: "per-tensor"
+    scales each parameter tensor's gradient to unit norm; bf16: the networks' matmuls under bfloat16
+    autocast while every log-density is computed in the input's dtype (nets cast their outputs back).
+    """
+
+    objective: str = "elbo"
+    schedule: LrSchedule = LrSchedule()
+    normalize: str = "none"
+    bf16: bool = False
+
+
 def run_loss(model: VAE, layout: FlatLayout, flat: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor,
-             beta: torch.Tensor, objective: str = "elbo"):
+             beta: torch.Tensor, objective: str = "elbo", bf16: bool = False):
     """(loss [], (reconstruction sum [], kl sum [])) of one run's weights flat [N] on batch [B, P] with noise
     eps [k, B, D]: minus the `objective` bound averaged over the batch, the KL part weighted by beta.
 
     "elbo" is reconstruction - beta * kl averaged over the k samples (the model's forward, so
     `model.kl` = "analytic" applies); "iwae" is the importance-weighted bound over the k samples
     (`training_bound`). The sums are the k-sample ELBO's terms either way (the training curve).
+    `bf16`: matmuls under bfloat16 autocast, log-densities in batch's dtype.
     """
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return _run_loss(model, layout, flat, batch, eps, beta, objective)
+
+
+def _run_loss(model, layout, flat, batch, eps, beta, objective):
     if objective == "elbo":
         reconstruction, kl = functional_call(model, layout.params(flat), (batch, eps))  # [B], [B]
         bound = reconstruction - beta * kl
@@ -94,23 +116,23 @@ def run_loss(model: VAE, layout: FlatLayout, flat: torch.Tensor, batch: torch.Te
 def train_step(model: VAE, layout: FlatLayout, optimizer: Optimizer, flat: torch.Tensor, state: State,
                t: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor, lr: torch.Tensor,
                warmup_steps: torch.Tensor, grad_clip: torch.Tensor, active: torch.Tensor,
-               objective: str = "elbo", schedule: LrSchedule = LrSchedule(), normalize: str = "none"):
+               options: StepOptions = StepOptions()):
     """One run's step: (flat [N], state, t [], batch [B, P], eps [k, B, D], lr, warmup_steps, grad_clip,
     active: 0-d) -> (flat, state, t, reconstruction sum [], kl sum [], ok []).
 
     The gradient of `run_loss` with beta = kl_weight(t, warmup_steps), normalized per parameter tensor if
-    `normalize` = "per-tensor", clipped, then the optimizer update at lr * schedule(t). A run that is not
-    `active`, or whose loss is not finite at this step, keeps its parameters, state and t: it is frozen where
-    it stood, and `ok` says so.
+    options.normalize = "per-tensor", clipped, then the optimizer update at lr * options.schedule(t). A run
+    that is not `active`, or whose loss is not finite at this step, keeps its parameters, state and t: it is
+    frozen where it stood, and `ok` says so.
     """
     beta = kl_weight(t, warmup_steps)
     gradient, (rec, kl) = grad(run_loss, argnums=2, has_aux=True)(model, layout, flat, batch, eps, beta,
-                                                                  objective)  # [N]
-    if normalize == "per-tensor":
+                                                                  options.objective, options.bf16)  # [N]
+    if options.normalize == "per-tensor":
         gradient = normalize_per_tensor(gradient, layout.sizes)
     t_next = t + 1
     new_flat, new_state = optimizer.update(flat, clip_gradient(gradient, grad_clip), state, t_next,
-                                           lr * schedule(t))
+                                           lr * options.schedule(t))
     ok = active & torch.isfinite(rec) & torch.isfinite(kl)
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     return keep(new_flat, flat), tuple(map(keep, new_state, state)), keep(t_next, t), rec, kl, ok
@@ -181,8 +203,7 @@ class StackFunctions:
 
     RECOMPILE_LIMIT = 64  # shapes per function: stack sizes as runs finish, last eval batch, last IW chunk
 
-    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool, objective: str = "elbo",
-                 schedule: LrSchedule = LrSchedule(), normalize: str = "none"):
+    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool, options: StepOptions = StepOptions()):
         self.model = model
         layout = FlatLayout(model)
         self.layout = layout
@@ -198,8 +219,7 @@ class StackFunctions:
                 return eager
             return _Fallback(compile_fn(_on_rows(fn, in_dims), name), eager, self, name)
 
-        step = partial(train_step, model, layout, optimizer, objective=objective, schedule=schedule,
-                       normalize=normalize)
+        step = partial(train_step, model, layout, optimizer, options=options)
         self.train_step = wrap("train_step", step, (0,) * 9)
         self.elbo_terms = wrap("elbo_terms", lambda f, x, e: elbo_terms(model, layout, f, x, e), (0, None, 0))
         self.encode = wrap("encode", lambda f, x: encode(model, layout, f, x), (0, None))

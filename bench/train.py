@@ -24,7 +24,7 @@ import torch
 
 from bench.config import RunConfig
 from bench.optim import OPTIMIZERS, LrSchedule, flatten_parameters
-from bench.step import StackFunctions
+from bench.step import StackFunctions, StepOptions
 from bench.storage import ResultsLayout, atomic_write, write_parquet, write_torch
 from vae_core import VAE, build_vae
 from vae_core.data import binarize
@@ -205,8 +205,8 @@ class Stack:
         self.template: VAE = models[0]  # its own parameter values are never used for training: rows are
         schedule = LrSchedule(train.lr_schedule, train.steps_per_epoch(first.data.dataset), train.lr_decay,
                               train.lr_decay_epochs)
-        self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, objective=train.objective,
-                                  schedule=schedule, normalize=train.grad_normalize)
+        options = StepOptions(train.objective, schedule, train.grad_normalize, train.autocast == "bf16")
+        self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, options=options)
         self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
         self.template_flat = flatten_parameters(self.template)
         self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]

@@ -72,4 +72,4 @@ class MADE(nn.Module):
                 h = F.elu(h)
         if self.context is not None:
             h = h + context_out
-        return h.chunk(self.n_params, dim=-1)
+        return h.to(z.dtype).chunk(self.n_params, dim=-1)  # z's dtype again under bf16 autocast

@@ -101,7 +101,7 @@ class Encoder(nn.Module):
         init_linear_layers(self.net, cfg.init)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(x)
+        out = self.net(x).to(x.dtype)  # float32 again under bf16 autocast: densities stay in x's dtype
         loc, raw_scale, context = out.split([self.latent_dim, self.latent_dim, self.context_dim], dim=-1)
         return loc, self.scale_fn(raw_scale), context
 
@@ -127,4 +127,4 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]
-        return self.net(z.reshape(-1, z.shape[-1])).reshape(*batch, -1)
+        return self.net(z.reshape(-1, z.shape[-1])).reshape(*batch, -1).to(z.dtype)
