@@ -59,6 +59,11 @@ class MADE(nn.Module):
     def masks(self) -> list[torch.Tensor]:
         return [getattr(self, f"mask{i}") for i in range(len(self.layers))]
 
+    @property
+    def floats_per_sample(self) -> int:
+        """Activations per input row (every layer's outputs)."""
+        return sum(layer.out_features for layer in self.layers)
+
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """z [..., D], context [..., C] broadcastable to z's batch dims -> n_params x [..., D]."""
         h = z[..., : self.n_inputs]

@@ -46,6 +46,7 @@ class Posterior(nn.Module):
     """
 
     context_dim = 0
+    floats_per_sample = 0  # activations per sample beyond the Gaussian's (sizes IW chunks)
 
     def from_noise(self, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor, eps: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +103,10 @@ class IAFPosterior(FlowPosterior):
         self.steps = nn.ModuleList(IAFStep(dim, hidden, context_dim, order)
                                    for order in alternating_orders(dim, steps))
 
+    @property
+    def floats_per_sample(self) -> int:
+        return sum(step.made.floats_per_sample for step in self.steps)
+
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "IAFPosterior":
         return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.made_hidden, context_dim=cfg.latent_dim)
@@ -122,6 +127,10 @@ class PlanarPosterior(FlowPosterior):
         super().__init__()
         self.dim, self.n_steps = dim, steps
         self.context_dim = steps * (2 * dim + 1)
+
+    @property
+    def floats_per_sample(self) -> int:
+        return 2 * self.n_steps * self.dim
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "PlanarPosterior":

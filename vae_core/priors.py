@@ -29,6 +29,8 @@ class StandardNormalPrior(nn.Module):
     def from_config(cls, cfg: ModelConfig, encoder: nn.Module) -> "StandardNormalPrior":
         return cls(cfg.latent_dim)
 
+    floats_per_sample = 0  # activations per latent sample in log_prob (sizes IW chunks)
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return std_normal_log_prob(z)
 
@@ -67,6 +69,10 @@ class MixturePrior(nn.Module):
     def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return F.log_softmax(self.logits, dim=0), self.loc, F.softplus(self.raw_scale)
 
+    @property
+    def floats_per_sample(self) -> int:
+        return 2 * self.loc.numel()  # the [..., K, D] terms of mixture_log_prob
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return mixture_log_prob(z, *self.components())
 
@@ -102,6 +108,10 @@ class FlowPrior(nn.Module):
             u, log_abs_det = layer(u)
             total = total + log_abs_det
         return u, total
+
+    @property
+    def floats_per_sample(self) -> int:
+        return sum(layer.made.floats_per_sample for layer in self.layers)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         u, log_abs_det = self.inverse(z)
@@ -143,6 +153,10 @@ class VampPrior(nn.Module):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return mixture_log_prob(z, *self.components())
+
+    @property
+    def floats_per_sample(self) -> int:
+        return 2 * self.raw_pseudo_inputs.shape[0] * self.encoder.latent_dim  # [..., K, D] as for the mixture
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():

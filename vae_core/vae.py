@@ -97,8 +97,12 @@ class VAE(nn.Module):
 
     @property
     def floats_per_iw_sample(self) -> int:
-        """Activations per image and sample of one IW chunk (sizes chunks to a memory budget)."""
-        return self.config.data_dim + 2 * sum(self.config.hidden) + 4 * self.config.latent_dim
+        """Activations per image and sample of one IW chunk (sizes chunks to a memory budget): the decoder's,
+        the Gaussian's, and what the posterior's flow and the prior's log_prob add (a VampPrior with K = 500
+        pseudo-inputs holds a [chunk, B, K, D] term)."""
+        c = self.config
+        return (c.data_dim + 2 * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
+                + self.prior.floats_per_sample)
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
