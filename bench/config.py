@@ -117,6 +117,13 @@ EPOCH_KEYS = {"max_epochs": "max_steps", "eval_every_epochs": "eval_every", "kl_
               "patience_epochs": "patience"}  # a duration is given in epochs or in steps, never both
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
+HASH_VERSION = 1
+_MISSING = object()
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """Every section's default values, as plain data."""
+    return {name: to_dict(cls()) for name, cls in SECTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,13 @@ class RunConfig:
 
     @property
     def config_hash(self) -> str:
-        canonical = json.dumps(self.sections(), sort_keys=True, separators=(",", ":"))
+        """Hash of the keys that differ from their defaults (`defaults()`), so adding a new key with a default
+        that keeps today's behaviour leaves every existing run id, and its resumable state, valid. Changing a
+        default changes what runs mean: bump HASH_VERSION (tests/test_runner.py holds the defaults)."""
+        default = defaults()
+        changed = {s: {k: v for k, v in table.items() if default[s].get(k, _MISSING) != v}
+                   for s, table in self.sections().items()}
+        canonical = json.dumps({"version": HASH_VERSION, **changed}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property

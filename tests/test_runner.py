@@ -80,6 +80,69 @@ def test_durations_in_epochs_resolve_to_steps_of_the_training_set():
     assert run.train.max_epochs == 3  # the epoch keys stay in the resolved config (and its hash)
 
 
+# Every default as of HASH_VERSION 1. Run ids hash only the keys that differ from their defaults: a changed
+# default would silently change what an existing run id means.
+DEFAULTS_SNAPSHOT = {'model': {'data_dim': 784,
+           'architecture': 'mlp',
+           'hidden': [256, 256],
+           'latent_dim': 32,
+           'posterior': 'mean-field',
+           'posterior_flow_steps': 2,
+           'prior': 'standard',
+           'prior_components': 10,
+           'prior_flow_steps': 2,
+           'flow_hidden': 0,
+           'activation': 'relu',
+           'init': 'torch',
+           'prior_pseudo_inputs': 'sigmoid',
+           'scale': 'softplus',
+           'kl': 'mc'},
+ 'train': {'optimizer': 'adam',
+           'lr': 0.001,
+           'batch_size': 128,
+           'max_steps': 10000,
+           'eval_every': 1000,
+           'patience': 0,
+           'kl_warmup_steps': 0,
+           'seed': 0,
+           'grad_clip': 0.0,
+           'check_every': 100,
+           'compile': True,
+           'objective': 'elbo',
+           'objective_samples': 1,
+           'optimizer_eps': 1e-08,
+           'grad_normalize': 'none',
+           'select': 'best-valid',
+           'autocast': 'none',
+           'lr_schedule': 'constant',
+           'lr_decay': 1.0,
+           'lr_decay_epochs': 1,
+           'max_epochs': 0,
+           'eval_every_epochs': 0,
+           'kl_warmup_epochs': 0,
+           'patience_epochs': 0},
+ 'data': {'dataset': 'binarized-mnist', 'max_eval_images': 0, 'eval_subset_seed': 1234, 'eval_batch_size': 500},
+ 'eval': {'iw_samples': 1000, 'valid_iw_samples': 5, 'elbo_samples': 1}}
+
+
+def test_defaults_keep_their_values_so_run_ids_keep_their_meaning():
+    from bench.config import HASH_VERSION, defaults
+
+    now = defaults()
+    changed = [f"{s}.{k}" for s, table in DEFAULTS_SNAPSHOT.items() for k, v in table.items() if now[s].get(k) != v]
+    assert not changed, f"defaults changed ({changed}): bump HASH_VERSION (now {HASH_VERSION}) and this snapshot"
+
+
+def test_a_key_left_at_its_default_does_not_change_the_run_id():
+    """Setting a key to its default, explicitly or not at all, is the same run: adding a key with a default
+    that keeps today's behaviour keeps every existing run id (and its resumable state)."""
+    (implicit,) = parse_grid({"train": {"lr": 3e-4}})
+    (explicit,) = parse_grid({"train": {"lr": 3e-4, "autocast": "none", "objective": "elbo"},
+                              "model": {"activation": "relu"}})
+    (other,) = parse_grid({"train": {"lr": 3e-4, "objective_samples": 2}})
+    assert implicit.run_id == explicit.run_id and other.run_id != implicit.run_id
+
+
 def test_quoted_and_unquoted_dotted_keys_mean_the_same():
     quoted = parse_grid({"variant": [{"name": "a", "model.posterior": "iaf"}], "grid": {"train.seed": [0, 1]}})
     nested = parse_grid({"variant": [{"name": "a", "model": {"posterior": "iaf"}}],
