@@ -14,6 +14,8 @@ from bench.optim import OPTIMIZERS, LrSchedule, flatten_parameters, is_flat
 from bench.step import FlatLayout, StackFunctions, StepOptions, kl_weight
 from bench.train import evaluate
 from vae_core import build_vae
+from vae_core.made import MADE
+from vae_core.nets import Decoder, Encoder
 
 TORCH_OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False),
@@ -250,12 +252,17 @@ def test_bf16_autocast_runs_matmuls_in_bf16_and_every_log_density_in_float32(pos
     flat = layout.flatten(model)
     x = binary((32, 784), 3).float()
     eps = torch.randn((2, 32, 4), generator=torch.Generator().manual_seed(1))
-    seen = []
-    hook = model.decoder.net[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    seen, returned = [], []
+    hooks = [model.decoder.net[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))]
+    nets = [m for m in model.modules() if isinstance(m, (Encoder, Decoder, MADE))]  # what densities read
+    hooks += [m.register_forward_hook(lambda m, i, out: returned.extend(o.dtype for o in torch.utils._pytree.
+                                                                           tree_leaves(out))) for m in nets]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         densities = model.log_densities(x, eps)
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
     assert seen == [torch.bfloat16] and all(d.dtype == torch.float32 for d in densities)
+    assert returned and set(returned) == {torch.float32}  # every net hands float32 to the density code
     beta = torch.tensor(1.0)
     (loss32, g32), (loss16, g16) = [
         (run_loss(model, layout, flat, x, eps, beta, "iwae", bf16)[0],

@@ -114,6 +114,22 @@ def test_a_stack_of_one_is_the_plain_function_without_vmap(float64, tmp_path):
     assert torch.equal(stack.flat[0], out[0]) and torch.equal(stack.t[0], out[2])
 
 
+def test_a_stack_draws_the_objectives_k_samples_from_each_runs_generator(float64, tmp_path):
+    """IWAE with k = 3: the stack's step is `train_step` on the run's batch and k noise draws [k, B, D]."""
+    (cfg, *_) = configs("planar", "mog", "adam", objective="iwae", objective_samples=3)
+    stack = Stack([cfg], synthetic_data(), ResultsLayout(tmp_path), torch.device("cpu"))
+    stack.prepare()
+    flat, state, t = stack.flat.clone(), tuple(s.clone() for s in stack.opt_state), stack.t.clone()
+    stack.step()
+    idx = torch.randperm(40, generator=torch.Generator().manual_seed(cfg.train.seed + 1_000_003))[:8]
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    eps = torch.stack([torch.randn((8, 3), generator=gen) for _ in range(3)])  # one [B, D] block per sample
+    out = bench.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
+                                tuple(s[0] for s in state), t[0], stack.data.train[idx], eps, stack.lr[0],
+                                stack.warmup[0], stack.clip[0], torch.tensor(True), bench.step.StepOptions("iwae"))
+    assert torch.equal(stack.flat[0], out[0])
+
+
 def lifecycle(stack: Stack) -> dict[str, dict]:
     """Each run's outcome from `Stack.run()`: status, steps, best step, validation and test figures, curves."""
     out = {}
