@@ -56,6 +56,7 @@ def test_report_of_only_unfinished_reproductions_shows_their_progress(tmp_path):
     path = make_report(root, tmp_path / "report", console=quiet())
     text = path.read_text()
     assert "No run has finished yet" in text and "iwae-paper/iwae-k5" in text and "epoch 20 (valid ELBO -95.25)" in text
+    assert "reproduction_progress.png" in text and (tmp_path / "report" / "reproduction_progress.png").stat().st_size
 
 
 @pytest.mark.parametrize("path", REPRODUCE, ids=[p.stem for p in REPRODUCE])

@@ -18,7 +18,7 @@ from bench.errors import UserError
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
-from bench.report.reproductions import reproduction_markdown, reproduction_table
+from bench.report.reproductions import plot_reproduction_progress, reproduction_markdown, reproduction_table
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
                                  display_main_table, failures, load_curves, load_results, main_table, several_lrs,
                                  status_counts, to_markdown)
@@ -133,7 +133,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         progress = reproduction_table(pd.DataFrame(), load_curves(results))
         if progress.empty:
             raise
-        return _progress_report(results, out, progress, console)
+        return _progress_report(results, out, progress, load_curves(results), console)
     reproductions = reproduction_table(runs, curves)
     reference = pick_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
 
     if not reproductions.empty:
-        md += reproduction_markdown(reproductions)
+        md += reproduction_markdown(reproductions) + _progress_figure(curves, out)
     md += [literature_markdown()]
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")
@@ -221,13 +221,22 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     return path
 
 
-def _progress_report(results: Path, out: Path, reproductions: pd.DataFrame, console: Console) -> Path:
+def _progress_figure(curves: pd.DataFrame, out: Path) -> list[str]:
+    try:
+        png = plot_reproduction_progress(curves, out)
+    except SkipFigure as why:
+        return [f"Reproduction progress figure skipped ({why}).", ""]
+    return [f"![Reproductions: validation ELBO by epoch]({png}) (also `{png[:-4]}.pdf`)", ""]
+
+
+def _progress_report(results: Path, out: Path, reproductions: pd.DataFrame, curves: pd.DataFrame,
+                     console: Console) -> Path:
     """The report of a folder whose only runs are unfinished reproductions: how far each got."""
     out.mkdir(parents=True, exist_ok=True)
     md = ["# vaebench report", "",
           f"- Results folder: `{results}`; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
           "- No run has finished yet: only the reproductions' progress is shown.", ""]
-    md += reproduction_markdown(reproductions) + [literature_markdown()]
+    md += reproduction_markdown(reproductions) + _progress_figure(curves, out) + [literature_markdown()]
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(md), encoding="utf-8")

@@ -104,6 +104,48 @@ def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def reproduction_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    """Validation curves of every reproduce run (finished or not), with its `reproduces` label."""
+    if curves.empty or not {"run_id", "split", "epoch", "elbo"} <= set(curves.columns):
+        return pd.DataFrame()
+    valid = curves[curves["split"] == "valid"].dropna(subset=["epoch", "elbo"])
+    frames = [valid[valid["run_id"].map(lambda r, e=entry: _run_label(r, e))].assign(
+        reproduces=f"{entry.grid}/{entry.variant}") for entry in PUBLISHED]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_reproduction_progress(curves: pd.DataFrame, out_dir) -> str:
+    """Validation ELBO vs epoch of each reproduce run: how far each got and where it is heading."""
+    from bench.report.figures import SkipFigure, new_figure, save
+
+    data = reproduction_curves(curves)
+    if data.empty:
+        raise SkipFigure("no reproduction curve with epochs")
+    groups = list(dict.fromkeys(data["reproduces"]))
+    fig = new_figure(7.0, 2.6 * len(dict.fromkeys(g.split("/")[0] for g in groups)) + 0.6)
+    grids = list(dict.fromkeys(g.split("/")[0] for g in groups))
+    axes = fig.subplots(len(grids), 1, squeeze=False)[:, 0]
+    for ax, grid in zip(axes, grids):
+        mine = data[data["reproduces"].str.startswith(grid + "/")]
+        for (label, run_id), c in mine.groupby(["reproduces", "run_id"], sort=True):
+            c = c.sort_values("epoch")
+            ax.plot(c["epoch"], c["elbo"], marker="o", markersize=2, linewidth=1,
+                    label=f"{label.split('/')[1]} seed {run_id.split('-seed')[1].split('-')[0]}")
+        latest = mine.sort_values("epoch").groupby("run_id")["elbo"].last()
+        low = min(mine["elbo"].quantile(0.1), latest.min())  # early (warm-up) epochs off the axis, never a run
+        high = mine["elbo"].max()
+        ax.set_ylim(low - 0.1 * (high - low + 1), high + 0.05 * (high - low + 1))
+        ax.set_title(f"{grid}: validation ELBO by epoch (the earliest, lowest points may be below the axis)",
+                     fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation ELBO [nats]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, out_dir, "reproduction_progress")
+
+
 def reproduction_markdown(table: pd.DataFrame) -> list[str]:
     from bench.report.tables import to_markdown
 
