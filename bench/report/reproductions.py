@@ -142,7 +142,6 @@ def plot_reproduction_progress(curves: pd.DataFrame, out_dir) -> str:
         ax.set_ylabel("validation ELBO [nats]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
     return save(fig, out_dir, "reproduction_progress")
 
 
