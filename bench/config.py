@@ -66,6 +66,14 @@ class TrainConfig:
         if not decays and self.lr_decay != 1.0:
             raise ConfigError(f"'train.lr_decay' is used by lr_schedule 'step' or 'exponential' only; "
                               f"lr_schedule is {self.lr_schedule!r}")
+        if self.lr_schedule != "step" and self.lr_decay_epochs != 1:
+            raise ConfigError(f"'train.lr_decay_epochs' is used by lr_schedule 'step' only; "
+                              f"lr_schedule is {self.lr_schedule!r}")
+
+    @property
+    def counts_epochs(self) -> bool:
+        """True when a duration or the lr schedule is counted in epochs of the training set."""
+        return self.lr_schedule != "constant" or any(getattr(self, k) for k in EPOCH_KEYS)
 
     def steps_per_epoch(self, dataset: str) -> int:
         """Optimizer steps in one pass over the training set (the last partial batch is dropped)."""
@@ -79,6 +87,11 @@ class TrainConfig:
         changes = {key: epochs * spe for key, epochs in (("max_steps", self.max_epochs),
                                                           ("eval_every", self.eval_every_epochs),
                                                           ("kl_warmup_steps", self.kl_warmup_epochs)) if epochs}
+        default = TrainConfig.__dataclass_fields__
+        for key, steps in changes.items():
+            if getattr(self, key) not in (default[key].default, steps):
+                epochs_key = next(e for e, s in EPOCH_KEYS.items() if s == key)
+                raise ConfigError(f"give 'train.{epochs_key}' or 'train.{key}', not both")
         if self.patience_epochs:
             changes["patience"] = math.ceil(self.patience_epochs * spe / changes.get("eval_every", self.eval_every))
         return replace(self, **changes) if changes else self

@@ -158,6 +158,8 @@ class LrSchedule:
             return self.decay ** torch.floor(epoch / self.decay_epochs)
         if self.kind == "exponential":
             return self.decay ** (t / self.steps_per_epoch)
+        if self.kind != "iwae":
+            raise ValueError(f"unknown lr schedule {self.kind!r}; one of {', '.join(LR_SCHEDULES)}")
         ends = [sum(3 ** j for j in range(i + 1)) for i in range(IWAE_STAGES - 1)]  # 1, 4, 13, ..., 1093
         stage = sum((epoch >= end).to(t.dtype) for end in ends)
         return torch.pow(10.0, -stage / (IWAE_STAGES - 1))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.config import RunConfig
+from bench.config import TRAIN_EXAMPLES, RunConfig
 from bench.errors import UserError
 from bench.executors.local import LocalExecutor
 from bench.gridfile import load_grid
@@ -81,6 +81,10 @@ def eval_subset(x: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
 def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> RunData:
     ds = load_dataset(cfg.data.dataset, data_dir)
     d = cfg.data
+    expected = TRAIN_EXAMPLES[d.dataset]
+    if cfg.train.counts_epochs and ds.train.shape[0] != expected:
+        raise UserError(f"{d.dataset}: {ds.train.shape[0]} training images, but epochs in the config are counted "
+                        f"for {expected}")
     valid = eval_subset(ds.valid, d.max_eval_images, d.eval_subset_seed)
     test = eval_subset(ds.test, d.max_eval_images, d.eval_subset_seed)
     if ds.dynamic:  # evaluation sets are binarized once, with a fixed seed, identically for every run

@@ -2,8 +2,9 @@
 group is cut into stacks of at most the chosen size (`vaebench run --stack auto|N`).
 
 Per-run keys (each run of a stack keeps its own value): `train.seed`, `train.lr`, `train.kl_warmup_steps`,
-`train.grad_clip`, `train.patience` (and `train.kl_warmup_epochs`, `train.patience_epochs`, which set them). Everything else (architecture, families, optimizer, batch size,
-steps, evaluation protocol, data, compile) must be equal.
+`train.grad_clip`, `train.patience` (and `train.kl_warmup_epochs`, `train.patience_epochs`, which set them).
+Everything else (architecture, families, optimizer, batch size, steps, objective, lr schedule, evaluation
+protocol, data, compile) must be equal.
 """
 
 from __future__ import annotations

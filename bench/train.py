@@ -4,12 +4,13 @@
 states and step counts, and calls `bench.step.StackFunctions` once per step for all of them. `Run` is one
 run's lifecycle, exactly what it has when trained alone: its own initial weights (seeded by its seed), its
 own batch order and noise (its own generators), lr, warm-up, clipping norm and patience; validation every
-`eval_every` steps, its best-on-validation checkpoint, early stopping, divergence, its resumable state.
+`eval_every` steps, its checkpoint (best on validation, or the last: `train.select`), early stopping,
+divergence, its resumable state.
 
 A run leaves the stack when it stops (max_steps, patience, divergence); the stack shrinks to the rest.
 A run whose loss goes non-finite is frozen on the device at that step (its update is not applied) and
 removed at the next host check (`train.check_every`): rows of a stack never mix, so its NaNs reach no
-other run. Finished runs are tested together (best-on-validation weights, memory-bounded IW chunks).
+other run. Finished runs are tested together (their checkpoints, memory-bounded IW chunks).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ class Stack:
                 leaf[r] = saved
 
     def save_checkpoint(self, run: Run) -> None:
-        """`checkpoints/<run_id>.pt`: the run's best-on-validation weights, loadable with `load_vae`."""
+        """`checkpoints/<run_id>.pt`: the weights the run will be tested with, loadable with `load_vae`."""
         self.template_flat.data.copy_(run.best_flat)
         atomic_write(self.layout.checkpoint(run.cfg.run_id), self.template.save)
 

@@ -77,11 +77,30 @@ def test_reproduce_configs_resolve_to_the_published_protocols():
         assert (t.objective, t.objective_samples) == ("elbo" if k == 1 else "iwae", k)
         assert (t.batch_size, t.max_steps, t.lr_schedule, t.optimizer_eps, t.select) == \
             (20, 3280 * 2500, "iwae", 1e-4, "last")
-        assert by_variant[name].model.hidden == (200, 200) and by_variant[name].model.activation == "tanh"
+        m = by_variant[name].model
+        assert (m.hidden, m.latent_dim, m.activation, m.scale, m.init) == ((200, 200), 50, "tanh", "exp", "glorot")
+        assert (t.optimizer, t.lr) == ("adam", 1e-3)
     for name in ("standard", "vamp"):
         cfg = by_variant[name]
         t = cfg.train
         assert (t.batch_size, t.lr, t.max_steps, t.eval_every, t.kl_warmup_steps, t.patience, t.grad_normalize) == \
-            (100, 5e-4, 2000 * 500, 500, 100 * 500, 50, "per-tensor")
+            (100, 5e-4, 2000 * 500, 500, 100 * 500, 51, "per-tensor")
         assert (cfg.model.activation, cfg.model.latent_dim, cfg.model.scale) == ("gated", 40, "hardtanh-logvar")
-    assert by_variant["vamp"].model.prior_components == 500
+        assert (cfg.model.hidden, cfg.model.init, t.optimizer) == ((300, 300), "he", "adam")
+    vamp = by_variant["vamp"].model
+    assert (vamp.prior, vamp.prior_components, vamp.prior_pseudo_inputs) == ("vamp", 500, "hardtanh")
+
+
+def test_runs_of_an_edited_reproduce_config_are_left_out_and_counted(tmp_path):
+    """Two finished runs of the file as it is now (lr 5e-4) and one of an older version (lr 1e-3): only the
+    current protocol's seeds enter the statistics; the other is counted."""
+    rows = [row("vamp", 5e-4, s, val=-90.0, test_px=-86.0 - s, test_elbo=-91.0, grid="vampprior-paper",
+                **{"train.lr": 5e-4, "model.prior": "vamp", "train.seed": s},
+                started_at=pd.Timestamp("2026-02-01", tz="UTC") + pd.Timedelta(hours=s)) for s in (0, 1)]
+    rows.append(row("vamp", 1e-3, 2, val=-90.0, test_px=-80.0, test_elbo=-91.0, grid="vampprior-paper",
+                    **{"train.lr": 1e-3, "model.prior": "vamp", "train.seed": 2},
+                    started_at=pd.Timestamp("2026-01-01", tz="UTC")))
+    table = reproduction_table(pd.DataFrame(rows), pd.DataFrame()).set_index("reproduces")
+    vamp = table.loc["vampprior-paper/vamp"]
+    assert vamp["seeds"] == "2" and vamp["measured log p(x)"].startswith("-86.50")
+    assert "1 run(s) of another config of this reproduction left out" in vamp["progress"]

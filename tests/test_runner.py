@@ -78,6 +78,11 @@ def test_durations_in_epochs_resolve_to_steps_of_the_training_set():
     (run,) = parse_grid({"train": {"batch_size": 128, "max_epochs": 3, "eval_every": 1000, "patience_epochs": 5}})
     assert (run.train.max_steps, run.train.eval_every, run.train.patience) == (1170, 1000, 2)
     assert run.train.max_epochs == 3  # the epoch keys stay in the resolved config (and its hash)
+    (dynamic,) = parse_grid({"data": {"dataset": "mnist-dynamic"}, "train": {"batch_size": 100, "max_epochs": 2}})
+    assert dynamic.train.max_steps == 1000  # 60000 - 10000 held out for validation
+    from bench.config import TrainConfig
+    with pytest.raises(ConfigError, match="give 'train.max_epochs' or 'train.max_steps', not both"):
+        TrainConfig(max_epochs=2, max_steps=77).in_steps("binarized-mnist")
 
 
 # Every default as of HASH_VERSION 1. Run ids hash only the keys that differ from their defaults: a changed
@@ -180,6 +185,16 @@ BAD = {
     "unknown_schedule": ('[train]\nlr_schedule = "cosine"\n', "'train.lr_schedule' must be one of"),
     "decay_without_schedule": ('[train]\nlr_decay = 0.5\n', "'train.lr_decay' is used by lr_schedule"),
     "decay_not_below_one": ('[train]\nlr_schedule = "step"\nlr_decay = 1.5\n', "'train.lr_decay' must be in (0, 1)"),
+    "pseudo_inputs_without_vamp": ('[model]\nprior_pseudo_inputs = "hardtanh"\n',
+                                   "'model.prior_pseudo_inputs' = 'hardtanh' needs prior 'vamp'"),
+    "decay_epochs_without_step": ('[train]\nlr_schedule = "exponential"\nlr_decay = 0.5\nlr_decay_epochs = 3\n',
+                                  "'train.lr_decay_epochs' is used by lr_schedule 'step' only"),
+    "warmup_epochs_and_steps": ('[train]\nkl_warmup_steps = 10\nkl_warmup_epochs = 2\n',
+                                "give 'train.kl_warmup_epochs' or 'train.kl_warmup_steps', not both"),
+    "eval_epochs_and_steps": ('[train]\neval_every = 10\n[grid]\n"train.eval_every_epochs" = [1, 2]\n',
+                              "give 'train.eval_every_epochs' or 'train.eval_every', not both"),
+    "patience_epochs_and_validations": ('[train]\npatience = 3\npatience_epochs = 2\n',
+                                        "give 'train.patience_epochs' or 'train.patience', not both"),
     "epochs_and_steps": ('[train]\nmax_steps = 100\n[[variant]]\nname = "a"\ntrain.max_epochs = 3\n',
                          "give 'train.max_epochs' or 'train.max_steps', not both"),
     "negative_epochs": ('[train]\nkl_warmup_epochs = -1\n', "'train.kl_warmup_epochs' must be >= 0"),

@@ -23,12 +23,11 @@ class GatedDense(nn.Module):
         return self.h(x) * torch.sigmoid(self.g(x))
 
 
-ACTIVATIONS = ("relu", "tanh", "gated")
-
-
 def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
     """Hidden layers a -> b with `activation` (relu, tanh: linear then the nonlinearity; gated: `GatedDense`),
     then a plain linear output layer."""
+    if activation not in ("relu", "tanh", "gated"):
+        raise ValueError(f"unknown activation {activation!r}")
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-2], sizes[1:-1]):
         if activation == "gated":
@@ -65,6 +64,8 @@ def init_linear_layers(module: nn.Module, scheme: str) -> None:
     """Re-draw the weights of every nn.Linear in `module`: "he" N(0, 2 / fan_in) (biases kept, as the VampPrior
     code does), "glorot" U(+-sqrt(6 / (fan_in + fan_out))) with zero biases (the IWAE code); "torch" keeps
     torch's default."""
+    if scheme not in ("torch", "he", "glorot"):
+        raise ValueError(f"unknown init scheme {scheme!r}")
     if scheme == "torch":
         return
     for layer in module.modules():

@@ -20,6 +20,8 @@ from vae_core.flows import MAFLayer, alternating_orders
 class StandardNormalPrior(nn.Module):
     """N(0, I)."""
 
+    floats_per_sample = 0  # activations per latent sample in log_prob (sizes IW chunks)
+
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
@@ -28,8 +30,6 @@ class StandardNormalPrior(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig, encoder: nn.Module) -> "StandardNormalPrior":
         return cls(cfg.latent_dim)
-
-    floats_per_sample = 0  # activations per latent sample in log_prob (sizes IW chunks)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return std_normal_log_prob(z)

@@ -101,7 +101,8 @@ class VAE(nn.Module):
         the Gaussian's, and what the posterior's flow and the prior's log_prob add (a VampPrior with K = 500
         pseudo-inputs holds a [chunk, B, K, D] term)."""
         c = self.config
-        return (c.data_dim + 2 * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
+        per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
+        return (c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
                 + self.prior.floats_per_sample)
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import UserError
+from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
@@ -96,7 +97,8 @@ def _versus_section(runs: pd.DataFrame, baseline: str, show_lr: bool) -> tuple[l
           "seeds; 95% CI with Student t: paired by seed (dof = pairs − 1) where both ran the same seeds, "
           "Welch's unpaired test (Welch–Satterthwaite dof) where they did not; no interval with one seed. "
           "Cost columns: mean training seconds per step and mean wall seconds per run, a run of a stack "
-          f"charged its share (the stack's seconds / its size), as a ratio to {baseline}'s. Seeds left out of a comparison are named with the reason.", ""]
+          f"charged its share (the stack's seconds / its size), as a ratio to {baseline}'s. Seeds left out of "
+          "a comparison are named with the reason.", ""]
     by_lr = versus_by_lr(runs, baseline) if show_lr else pd.DataFrame()
     if show_lr:
         md += [f"### Per learning rate: each variant against `{baseline}` at the same lr", ""]
@@ -130,10 +132,11 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     try:
         runs, curves, read_notes = load_results(results)
     except UserError:
-        progress = reproduction_table(pd.DataFrame(), load_curves(results))
+        curves = load_curves(results)
+        progress = reproduction_table(pd.DataFrame(), curves)
         if progress.empty:
             raise
-        return _progress_report(results, out, progress, load_curves(results), console)
+        return _progress_report(results, out, progress, curves, console)
     reproductions = reproduction_table(runs, curves)
     reference = pick_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,9 +241,7 @@ def _progress_report(results: Path, out: Path, reproductions: pd.DataFrame, curv
           "- No run has finished yet: only the reproductions' progress is shown.", ""]
     md += reproduction_markdown(reproductions) + _progress_figure(curves, out) + [literature_markdown()]
     path = out / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(md), encoding="utf-8"))
     _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
                  "reproductions in progress (no run finished yet)")
     console.print(f"wrote {path}", highlight=False)

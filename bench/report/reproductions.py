@@ -29,9 +29,12 @@ class Published:
 
 _IWAE_NOTES = ("Adam β1 0.9 as in the paper (the code runs 0.99, second moment from 1); batch mean, reshuffled "
                "every epoch (code: sum, fixed order); Glorot per seed, zero output bias (code: one init seed, "
-               "output bias = logit of pixel means); exact 10^(−i/7) stages (code: rounded)")
+               "output bias = logit of pixel means); one encoder head for mean and log-σ (code: two); exact 10^(−i/7) "
+               "stages (code: rounded)")
 _VAMP_NOTES = ("warm-up linear per step from 0 (code: per-epoch staircase from 0.01); patience counted from the "
-               "start (code: after warm-up); exact Bernoulli logits (code: probabilities clamped to [1e-5, 1−1e-5])")
+               "start (code: after warm-up); exact Bernoulli logits (code: probabilities clamped to [1e-5, 1−1e-5]); "
+               "one encoder head, so gradient normalization treats mean and log-variance weights as one tensor "
+               "(code: two)")
 
 PUBLISHED: tuple[Published, ...] = (
     Published("iwae-paper", "vae-k1", -88.71, "Burda et al. 2016, App. D (fixed binarization)", "3280 epochs",
@@ -66,17 +69,32 @@ def _progress(curves: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _latest_protocol(rows: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows run with the config of the most recently started one (all resolved keys but the seed), and
+    how many rows of other configs (an edited reproduce file) were left out."""
+    keys = [c for c in rows.columns if c.split(".")[0] in ("model", "train", "data", "eval") and c != "train.seed"]
+    if rows.empty or not keys:
+        return rows, 0
+    protocol = rows[keys].astype(str).agg("|".join, axis=1)
+    if "started_at" in rows.columns:
+        started = pd.to_datetime(rows["started_at"], errors="coerce", utc=True)
+        protocol = protocol.loc[started.sort_values(na_position="first").index]
+    same = (protocol == protocol.iloc[-1]).reindex(rows.index)
+    return rows[same], int((~same).sum())
+
+
 def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per published result with runs in this folder (finished or not), in `PUBLISHED` order."""
+    """One row per published result with runs in this folder (finished or not), in `PUBLISHED` order. Runs of
+    an earlier version of a reproduce file (another resolved config) are left out and counted."""
     finished_ids = set(runs["run_id"]) if "run_id" in runs.columns else set()
     rows = []
     for entry in PUBLISHED:
-        mine = (runs[(runs["grid"] == entry.grid) & (runs["variant"] == entry.variant)]
-                if not runs.empty else runs)
+        mine, other_configs = _latest_protocol(runs[(runs["grid"] == entry.grid) & (runs["variant"] == entry.variant)]
+                                               if not runs.empty else runs)
         done = mine[mine["status"] == "completed"].sort_values("seed") if not mine.empty else mine
         unfinished = (curves[curves["run_id"].map(lambda r: _run_label(r, entry) and r not in finished_ids)]
                       if not curves.empty and "run_id" in curves.columns else curves)
-        if mine.empty and unfinished.empty:
+        if mine.empty and unfinished.empty and not other_configs:
             continue
         values = done["test_iw_log_px"].dropna().tolist() if not done.empty else []
         n = len(values)
@@ -92,6 +110,8 @@ def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
             progress.append(f"{len(mine) - n} {'/'.join(sorted(set(mine['status']) - {'completed'}))}")
         if not unfinished.empty:
             progress.append(f"{unfinished['run_id'].nunique()} in progress: {_progress(unfinished)}")
+        if other_configs:
+            progress.append(f"{other_configs} run(s) of another config of this reproduction left out")
         rows.append({
             "reproduces": f"{entry.grid}/{entry.variant}", "published log p(x)": fmt_num(entry.log_px),
             "measured log p(x)": fmt_mean_sd(mean, sd) if n else "–",
