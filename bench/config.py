@@ -34,6 +34,7 @@ class TrainConfig:
     grad_normalize: str = choice("none", ("none", "per-tensor"))
     select: str = choice("best-valid", ("best-valid", "last"))
     autocast: str = choice("none", ("none", "bf16"))
+    cuda_graphs: bool = False
     lr_schedule: str = choice("constant", tuple(LR_SCHEDULES))
     lr_decay: float = 1.0
     lr_decay_epochs: int = 1
@@ -56,6 +57,8 @@ class TrainConfig:
                     "kl_warmup_epochs", "patience_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"'train.{key}' must be >= 0; got {getattr(self, key)}")
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("'train.cuda_graphs' needs 'train.compile' = true (the graphs capture the compiled step)")
         if self.select == "last" and (self.patience or self.patience_epochs):
             raise ConfigError("'train.patience' needs 'train.select' = 'best-valid' (early stopping watches the "
                               "best validation)")

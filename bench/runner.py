@@ -165,6 +165,7 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
            "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
            "train_examples_per_s": run.step * t.batch_size / run.train_seconds if run.train_seconds else math.nan,
            "compiled": stack.fns.step_compiled, "compile_error": stack.fns.compile_error,
+           "cuda_graphs": stack.fns.cuda_graphs and stack.fns.step_compiled,
            "compile_seconds": run.compile_seconds}
     if data is not None:
         row.update(data_digest=data.digest, eval_images=data.test.shape[0])
@@ -187,7 +188,8 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         "seed": t.seed, "optimizer": t.optimizer, "batch_size": t.batch_size, "max_steps": t.max_steps,
         **{c: math.nan for c in nan_cols},
         "iw_samples": cfg.eval.iw_samples, "data_digest": "",
-        "compiled": False, "compile_error": "", "compile_seconds": 0.0, "stack_id": cfg.run_id, "stack_size": 1,
+        "compiled": False, "cuda_graphs": False, "compile_error": "", "compile_seconds": 0.0,
+        "stack_id": cfg.run_id, "stack_size": 1,
         **figures,
         "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

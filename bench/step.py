@@ -170,9 +170,10 @@ def _on_rows(fn: Callable, in_dims: tuple) -> Callable:
     return on_rows
 
 
-def compile_fn(fn: Callable, name: str) -> Callable:
-    """How each of a stack's functions (`name`: train_step, elbo_terms, encode, log_weight) is compiled."""
-    return torch.compile(fn, dynamic=False)
+def compile_fn(fn: Callable, name: str, mode: str = "default") -> Callable:
+    """How each of a stack's functions (`name`: train_step, elbo_terms, encode, log_weight) is compiled;
+    mode "reduce-overhead" captures it in CUDA graphs (on CUDA tensors)."""
+    return torch.compile(fn, dynamic=False, mode=mode)
 
 
 class _Fallback:
@@ -203,8 +204,10 @@ class StackFunctions:
 
     RECOMPILE_LIMIT = 64  # shapes per function: stack sizes as runs finish, last eval batch, last IW chunk
 
-    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool, options: StepOptions = StepOptions()):
+    def __init__(self, model: VAE, optimizer: Optimizer, compile: bool, options: StepOptions = StepOptions(),
+                 cuda_graphs: bool = False):
         self.model = model
+        self.cuda_graphs = compile and cuda_graphs  # the step replayed as CUDA graphs (one per stack size)
         layout = FlatLayout(model)
         self.layout = layout
         self.compile_errors: list[str] = []
@@ -217,6 +220,8 @@ class StackFunctions:
             eager = _on_rows(fn, in_dims)
             if not compile:
                 return eager
+            if name == "train_step" and self.cuda_graphs:
+                return _Fallback(compile_fn(_on_rows(fn, in_dims), name, "reduce-overhead"), eager, self, name)
             return _Fallback(compile_fn(_on_rows(fn, in_dims), name), eager, self, name)
 
         step = partial(train_step, model, layout, optimizer, options=options)

@@ -207,7 +207,8 @@ class Stack:
         schedule = LrSchedule(train.lr_schedule, train.steps_per_epoch(first.data.dataset), train.lr_decay,
                               train.lr_decay_epochs)
         options = StepOptions(train.objective, schedule, train.grad_normalize, train.autocast == "bf16")
-        self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, options=options)
+        self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, options=options,
+                                  cuda_graphs=train.cuda_graphs and device.type == "cuda")
         self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
         self.template_flat = flatten_parameters(self.template)
         self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]
@@ -263,6 +264,8 @@ class Stack:
         k = live[0].cfg.train.objective_samples
         eps = torch.stack([standard_normal(k, like, run.gen_noise) for run in live])  # [R, k, B, D]
         args = (self.flat, self.opt_state, self.t, batch, eps, self.lr, self.warmup, self.clip, self.active)
+        if self.fns.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are this step's inputs
         if self.fns.compiled and len(live) not in self._compiled_sizes:  # compile time is not training time
             _sync(self.device)
             c0 = time.perf_counter()

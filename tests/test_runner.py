@@ -200,6 +200,8 @@ BAD = {
     "negative_epochs": ('[train]\nkl_warmup_epochs = -1\n', "'train.kl_warmup_epochs' must be >= 0"),
     "select_last_with_patience": ('[train]\nselect = "last"\npatience = 3\n',
                                   "'train.patience' needs 'train.select' = 'best-valid'"),
+    "cuda_graphs_without_compile": ('[train]\ncompile = false\ncuda_graphs = true\n',
+                                    "'train.cuda_graphs' needs 'train.compile' = true"),
     "optimizer_eps": ('[train]\noptimizer_eps = 0\n', "'train.optimizer_eps' must be > 0"),
 }
 
