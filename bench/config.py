@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -87,14 +88,14 @@ class TrainConfig:
         eval_every and kl_warmup_steps = epochs x steps per epoch; patience = validations spanning
         patience_epochs."""
         spe = self.steps_per_epoch(dataset)
-        changes = {key: epochs * spe for key, epochs in (("max_steps", self.max_epochs),
-                                                          ("eval_every", self.eval_every_epochs),
-                                                          ("kl_warmup_steps", self.kl_warmup_epochs)) if epochs}
-        default = TrainConfig.__dataclass_fields__
-        for key, steps in changes.items():
-            if getattr(self, key) not in (default[key].default, steps):
-                epochs_key = next(e for e, s in EPOCH_KEYS.items() if s == key)
+        changes = {}
+        for epochs_key, key in EPOCH_KEYS.items():
+            epochs = getattr(self, epochs_key)
+            if not epochs or key == "patience":  # patience counts validations: set below
+                continue
+            if getattr(self, key) not in (TrainConfig.__dataclass_fields__[key].default, epochs * spe):
                 raise ConfigError(f"give 'train.{epochs_key}' or 'train.{key}', not both")
+            changes[key] = epochs * spe
         if self.patience_epochs:
             changes["patience"] = math.ceil(self.patience_epochs * spe / changes.get("eval_every", self.eval_every))
         return replace(self, **changes) if changes else self
@@ -134,11 +135,11 @@ EPOCH_KEYS = {"max_epochs": "max_steps", "eval_every_epochs": "eval_every", "kl_
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "eval": EvalConfig}
 HASH_VERSION = 1
-_MISSING = object()
 
 
+@functools.cache
 def defaults() -> dict[str, dict[str, Any]]:
-    """Every section's default values, as plain data."""
+    """Every section's default values, as plain data (computed once: read, never modify)."""
     return {name: to_dict(cls()) for name, cls in SECTIONS.items()}
 
 
@@ -160,6 +161,10 @@ class RunConfig:
             raise ConfigError("'train.objective' = 'iwae' needs 'model.kl' = 'mc' (the bound needs per-sample "
                               "log-weights)")
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train.steps_per_epoch(self.data.dataset)
+
     def sections(self) -> dict[str, dict[str, Any]]:
         return {name: to_dict(getattr(self, name)) for name in SECTIONS}
 
@@ -173,7 +178,7 @@ class RunConfig:
         that keeps today's behaviour leaves every existing run id, and its resumable state, valid. Changing a
         default changes what runs mean: bump HASH_VERSION (tests/test_runner.py holds the defaults)."""
         default = defaults()
-        changed = {s: {k: v for k, v in table.items() if default[s].get(k, _MISSING) != v}
+        changed = {s: {k: v for k, v in table.items() if default[s][k] != v}
                    for s, table in self.sections().items()}
         canonical = json.dumps({"version": HASH_VERSION, **changed}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -133,6 +133,7 @@ def is_flat(module: nn.Module, flat: torch.Tensor) -> bool:
 
 
 IWAE_STAGES = 8  # Burda et al. 2016: stage i = 0..7 lasts 3**i epochs at lr * 10**(-i / 7); 3280 epochs in all
+IWAE_STAGE_ENDS = [sum(3 ** j for j in range(i + 1)) for i in range(IWAE_STAGES - 1)]  # epochs 1, 4, 13, ..., 1093
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,7 @@ class LrSchedule:
             return self.decay ** (t / self.steps_per_epoch)
         if self.kind != "iwae":
             raise ValueError(f"unknown lr schedule {self.kind!r}; one of {', '.join(LR_SCHEDULES)}")
-        ends = [sum(3 ** j for j in range(i + 1)) for i in range(IWAE_STAGES - 1)]  # 1, 4, 13, ..., 1093
-        stage = sum((epoch >= end).to(t.dtype) for end in ends)
+        stage = sum((epoch >= end).to(t.dtype) for end in IWAE_STAGE_ENDS)
         return torch.pow(10.0, -stage / (IWAE_STAGES - 1))
 
 

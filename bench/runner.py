@@ -160,7 +160,7 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
     row = {"status": "diverged" if run.status == "diverged" else "completed",
            "error": "", "first_bad_step": run.first_bad_step if run.status == "diverged" else math.nan,
            "resumed_from_step": run.resumed_from_step, "steps_done": run.step, "best_step": run.best["step"],
-           "epochs_done": run.step / t.steps_per_epoch(run.cfg.data.dataset),
+           "epochs_done": run.step / run.cfg.steps_per_epoch,
            "val_elbo": run.best["elbo"], "val_iw_log_px": run.best["iw_log_px"],
            "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
            "train_examples_per_s": run.step * t.batch_size / run.train_seconds if run.train_seconds else math.nan,

@@ -64,12 +64,11 @@ def kl_weight(t: torch.Tensor, warmup_steps: torch.Tensor) -> torch.Tensor:
                        torch.ones_like(t))
 
 
-def training_bound(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_q: torch.Tensor, beta: torch.Tensor,
-                   objective: str) -> torch.Tensor:
-    """Per-example bound [B] from per-sample log-densities [k, B] with the KL part weighted by beta:
-    log w = log p(x|z) - beta (log q - log p(z)); "elbo": mean_k log w; "iwae": log mean_k exp(log w)."""
-    log_w = log_px_z - beta * (log_q - log_pz)  # [k, B]
-    return iw_bound(log_w) if objective == "iwae" else log_w.mean(0)
+def iwae_bound(log_px_z: torch.Tensor, log_pz: torch.Tensor, log_q: torch.Tensor, beta: torch.Tensor
+               ) -> torch.Tensor:
+    """Per-example IWAE bound [B] from per-sample log-densities [k, B], the KL part weighted by beta:
+    log mean_k exp(log w) with log w = log p(x|z) - beta (log q - log p(z))."""
+    return iw_bound(log_px_z - beta * (log_q - log_pz))  # log w [k, B] -> [B]
 
 
 @dataclass(frozen=True)
@@ -92,24 +91,20 @@ def run_loss(model: VAE, layout: FlatLayout, flat: torch.Tensor, batch: torch.Te
     """(loss [], (reconstruction sum [], kl sum [])) of one run's weights flat [N] on batch [B, P] with noise
     eps [k, B, D]: minus the `objective` bound averaged over the batch, the KL part weighted by beta.
 
-    "elbo" is reconstruction - beta * kl averaged over the k samples (the model's forward, so
-    `model.kl` = "analytic" applies); "iwae" is the importance-weighted bound over the k samples
-    (`training_bound`). The sums are the k-sample ELBO's terms either way (the training curve).
-    `bf16`: matmuls under bfloat16 autocast, log-densities in batch's dtype.
+    "elbo" is reconstruction - beta * kl averaged over the k samples (`elbo_terms`, the model's forward,
+    so `model.kl` = "analytic" applies); "iwae" is `iwae_bound` over the k samples. The sums are the
+    k-sample ELBO's terms either way (the training curve). `bf16`: matmuls under bfloat16 autocast,
+    log-densities in batch's dtype.
     """
     with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return _run_loss(model, layout, flat, batch, eps, beta, objective)
-
-
-def _run_loss(model, layout, flat, batch, eps, beta, objective):
-    if objective == "elbo":
-        reconstruction, kl = functional_call(model, layout.params(flat), (batch, eps))  # [B], [B]
-        bound = reconstruction - beta * kl
-    else:
-        log_px_z, log_pz, log_q = functional_call(_Method(model, "log_densities"), layout.params(flat, "model."),
-                                                  (batch, eps))  # [k, B] each
-        bound = training_bound(log_px_z, log_pz, log_q, beta, objective)
-        reconstruction, kl = log_px_z.mean(0), (log_q - log_pz).mean(0)
+        if objective == "iwae":
+            log_px_z, log_pz, log_q = functional_call(_Method(model, "log_densities"),
+                                                      layout.params(flat, "model."), (batch, eps))  # [k, B] each
+            bound = iwae_bound(log_px_z, log_pz, log_q, beta)
+            reconstruction, kl = log_px_z.mean(0), (log_q - log_pz).mean(0)
+        else:
+            reconstruction, kl = elbo_terms(model, layout, flat, batch, eps)  # [B], [B]
+            bound = reconstruction - beta * kl
     return -bound.mean(), (reconstruction.detach().sum(), kl.detach().sum())
 
 

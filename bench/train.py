@@ -138,7 +138,7 @@ class Run:
         checkpoint (tested at the end) is the best on validation ELBO, or the latest (`train.select` = "last")."""
         t = self.cfg.train
         common = {"run_id": self.cfg.run_id, "step": self.step,
-                  "epoch": self.step / t.steps_per_epoch(self.cfg.data.dataset),
+                  "epoch": self.step / self.cfg.steps_per_epoch,
                   "train_examples_per_s": self.step * t.batch_size / max(self.train_seconds, 1e-9),
                   "wall_seconds": self.train_seconds + self.eval_seconds}
         self.curves.append({**common, "split": "train", **interval, "iw_log_px": math.nan})
@@ -204,8 +204,7 @@ class Stack:
             torch.manual_seed(cfg.train.seed)
             models.append(build_vae(cfg.model).to(device))
         self.template: VAE = models[0]  # its own parameter values are never used for training: rows are
-        schedule = LrSchedule(train.lr_schedule, train.steps_per_epoch(first.data.dataset), train.lr_decay,
-                              train.lr_decay_epochs)
+        schedule = LrSchedule(train.lr_schedule, first.steps_per_epoch, train.lr_decay, train.lr_decay_epochs)
         options = StepOptions(train.objective, schedule, train.grad_normalize, train.autocast == "bf16")
         self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, options=options,
                                   cuda_graphs=train.cuda_graphs and device.type == "cuda")
@@ -249,7 +248,7 @@ class Stack:
         return figures
 
     def test(self, runs: list[Run]) -> list[dict]:
-        """Test figures of each run's best-on-validation weights, all runs evaluated at once."""
+        """Test figures of each run's checkpoint weights (`Run.best_flat`), all runs evaluated at once."""
         return self._evaluate(runs, torch.stack([r.best_flat for r in runs]), "test")
 
     # -- training ---------------------------------------------------------------------------------------
