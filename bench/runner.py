@@ -118,7 +118,7 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
     error: dict = {}
     try:
         data = prepare_data(task.configs[0], task.data_dir, device)
-        stack = Stack(list(task.configs), data, layout, device, on_progress)
+        stack = Stack(list(task.configs), data, layout, device, on_progress, started=wall0)
         stack.load_states()
         for run, test in stack.run():
             record(run.cfg, run_figures(run, stack, data, test))
@@ -162,7 +162,7 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
            "resumed_from_step": run.resumed_from_step, "steps_done": run.step, "best_step": run.best["step"],
            "epochs_done": run.step / run.cfg.steps_per_epoch,
            "val_elbo": run.best["elbo"], "val_iw_log_px": run.best["iw_log_px"],
-           "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds,
+           "train_seconds": run.train_seconds, "eval_seconds": run.eval_seconds, "wall_seconds": run.wall_seconds,
            "train_examples_per_s": run.step * t.batch_size / run.train_seconds if run.train_seconds else math.nan,
            "compiled": stack.fns.step_compiled, "compile_error": stack.fns.compile_error,
            "cuda_graphs": stack.fns.cuda_graphs and stack.fns.step_compiled,
@@ -189,9 +189,8 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
         **{c: math.nan for c in nan_cols},
         "iw_samples": cfg.eval.iw_samples, "data_digest": "",
         "compiled": False, "cuda_graphs": False, "compile_error": "", "compile_seconds": 0.0,
-        "stack_id": cfg.run_id, "stack_size": 1,
+        "stack_id": cfg.run_id, "stack_size": 1, "wall_seconds": wall,
         **figures,
-        "wall_seconds": wall,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "executor": executor, "hostname": socket.gethostname(),
         "torch_threads": threads, "torch_version": torch.__version__, "git_commit": git_commit(),

@@ -95,8 +95,11 @@ class Run:
     STATE_KEYS = ("status", "step", "pos", "perm", "best", "best_flat", "evals_since_best", "curves",
                   "train_seconds", "eval_seconds", "compile_seconds", "first_bad_step", "interval_start")
 
-    def __init__(self, cfg: RunConfig, data: RunData, layout: ResultsLayout, device: torch.device):
+    def __init__(self, cfg: RunConfig, data: RunData, layout: ResultsLayout, device: torch.device,
+                 started: float | None = None):
         self.cfg, self.data, self.layout, self.device = cfg, data, layout, device
+        self.started = time.perf_counter() if started is None else started  # this session's clock origin
+        self.earlier_wall_seconds = 0.0  # wall time of earlier sessions, up to their last saved state
         seed = cfg.train.seed
         self.gen_noise = torch.Generator(device=device).manual_seed(seed)
         self.gen_data = torch.Generator(device=device).manual_seed(seed + DATA_SEED_OFFSET)
@@ -110,6 +113,11 @@ class Run:
         self.train_seconds = self.eval_seconds = self.compile_seconds = 0.0
         self.first_bad_step: int | None = None
         self.resumed_from_step = 0
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall time of the run so far, summed over the sessions it was resumed in."""
+        return self.earlier_wall_seconds + time.perf_counter() - self.started
 
     def _new_perm(self) -> torch.Tensor:
         return torch.randperm(self.data.train.shape[0], generator=self.gen_data, device=self.device)
@@ -158,7 +166,7 @@ class Run:
 
     def save_state(self, flat: torch.Tensor, opt_state: tuple[torch.Tensor, ...], t: torch.Tensor) -> None:
         state = {k: getattr(self, k) for k in self.STATE_KEYS}
-        state.update(config_hash=self.cfg.config_hash, flat=flat.clone(), opt_state=[s.clone() for s in opt_state],
+        state.update(config_hash=self.cfg.config_hash, wall_seconds=self.wall_seconds, flat=flat.clone(), opt_state=[s.clone() for s in opt_state],
                      t=t.clone(),
                      gen_noise=self.gen_noise.get_state(), gen_data=self.gen_data.get_state())
         write_torch(state, self.layout.state(self.cfg.run_id))
@@ -178,12 +186,15 @@ class Run:
             if flat.shape != (n_params,) or len(opt_state) != n_state or any(s.shape != flat.shape for s in opt_state):
                 return None
             gen_noise, gen_data = state["gen_noise"].cpu(), state["gen_data"].cpu()
+            earlier_wall = float(state.get("wall_seconds", values["train_seconds"] + values["eval_seconds"]
+                                           + values["compile_seconds"]))  # older states: a lower bound
         except Exception:  # a damaged state file costs a restart, never a wrong result
             return None
         for k, v in values.items():
             setattr(self, k, v)
         self.gen_noise.set_state(gen_noise)
         self.gen_data.set_state(gen_data)
+        self.earlier_wall_seconds = earlier_wall
         self.resumed_from_step = self.step
         return flat, opt_state, t
 
@@ -193,7 +204,7 @@ class Stack:
     stacked model. `run()` yields each run with its test figures (None if diverged) as it finishes."""
 
     def __init__(self, cfgs: list[RunConfig], data: RunData, layout: ResultsLayout, device: torch.device,
-                 on_progress: ProgressFn | None = None):
+                 on_progress: ProgressFn | None = None, started: float | None = None):
         self.cfgs, self.data, self.layout, self.device = cfgs, data, layout, device
         self.on_progress = on_progress or (lambda *a: None)
         first = cfgs[0]
@@ -210,7 +221,7 @@ class Stack:
                                   cuda_graphs=train.cuda_graphs and device.type == "cuda")
         self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
         self.template_flat = flatten_parameters(self.template)
-        self.runs = [Run(cfg, data, layout, device) for cfg in cfgs]
+        self.runs = [Run(cfg, data, layout, device, started) for cfg in cfgs]
         self.opt_state = self.optimizer.init(self.flat)  # leaves [R, N]
         self.t = self.flat.new_zeros(len(cfgs))  # [R] optimizer steps taken
         self.compile_seconds = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -342,6 +343,36 @@ def test_interrupted_run_resumes_to_the_same_result(small_grid, tmp_path):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
     curves = pd.read_parquet(layout.curves(run_id))
     assert curves.groupby(["step", "split"]).size().max() == 1  # no duplicated evaluation rows
+
+
+@pytest.mark.parametrize("earlier_wall", [1000.0, None], ids=["saved", "state-without-wall"])
+def test_resumed_run_wall_time_adds_the_earlier_sessions(small_grid, tmp_path, earlier_wall):
+    """The row's wall_seconds is the run's whole wall time: the state's saved wall plus this session's. A
+    state written before states kept their wall time still resumes, its earlier wall counted as its training,
+    evaluation and compile seconds (a lower bound)."""
+    grid, _, data_dir = small_grid
+
+    def interrupt(step, total, elbo, ex_per_s):
+        if step == 9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute_run(_task(grid, tmp_path, data_dir), on_progress=interrupt)
+    path = ResultsLayout(tmp_path).state(load_grid(grid)[0].run_id)
+    state = torch.load(path, weights_only=True)
+    assert 0 < state["wall_seconds"] < 600
+    if earlier_wall is None:
+        del state["wall_seconds"]
+        earlier_wall = state["train_seconds"] + state["eval_seconds"] + state["compile_seconds"]
+    else:
+        state["wall_seconds"] = earlier_wall
+    atomic_write(path, lambda p: torch.save(state, p))
+    t0 = time.perf_counter()
+    row = execute_run(_task(grid, tmp_path, data_dir))
+    session = time.perf_counter() - t0
+    assert row["resumed_from_step"] == 6
+    assert row["train_seconds"] + row["eval_seconds"] <= row["wall_seconds"]
+    assert earlier_wall < row["wall_seconds"] <= earlier_wall + session
 
 
 def test_corrupt_training_state_restarts_cleanly(small_grid, tmp_path):
