@@ -166,8 +166,8 @@ class Run:
 
     def save_state(self, flat: torch.Tensor, opt_state: tuple[torch.Tensor, ...], t: torch.Tensor) -> None:
         state = {k: getattr(self, k) for k in self.STATE_KEYS}
-        state.update(config_hash=self.cfg.config_hash, wall_seconds=self.wall_seconds, flat=flat.clone(), opt_state=[s.clone() for s in opt_state],
-                     t=t.clone(),
+        state.update(config_hash=self.cfg.config_hash, wall_seconds=self.wall_seconds, flat=flat.clone(),
+                     opt_state=[s.clone() for s in opt_state], t=t.clone(),
                      gen_noise=self.gen_noise.get_state(), gen_data=self.gen_data.get_state())
         write_torch(state, self.layout.state(self.cfg.run_id))
 

@@ -13,7 +13,8 @@ import pytest
 
 from bench.gridfile import load_grid
 from bench.report import make_report
-from bench.report.reproductions import PUBLISHED, reproduction_table
+from bench.report import figures
+from bench.report.reproductions import PUBLISHED, plot_reproduction_progress, reproduction_table
 from tests.test_report import quiet, row, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,23 @@ def test_report_of_only_unfinished_reproductions_shows_their_progress(tmp_path):
     text = path.read_text()
     assert "No run has finished yet" in text and "iwae-paper/iwae-k5" in text and "epoch 20 (valid ELBO -95.25)" in text
     assert "reproduction_progress.png" in text and (tmp_path / "report" / "reproduction_progress.png").stat().st_size
+
+
+def test_progress_figure_stars_the_tested_checkpoint_of_completed_runs_only(tmp_path, monkeypatch):
+    root = tmp_path / "results"
+    in_progress_curves(root, "vampprior-paper-standard-seed0-aaaa0000", [1, 2, 3, 4], [-120.0, -99.0, -98.0, -98.5])
+    in_progress_curves(root, "vampprior-paper-vamp-seed0-bbbb1111", [1, 2], [-110.0, -97.0])
+    curves = pd.concat([pd.read_parquet(p) for p in (root / "curves").glob("*.parquet")], ignore_index=True)
+    runs = pd.DataFrame({"run_id": ["vampprior-paper-standard-seed0-aaaa0000", "vampprior-paper-vamp-seed0-bbbb1111"],
+                         "status": ["completed", "diverged"], "best_step": [3 * 500, 2 * 500]})
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out_dir, name: drawn.append(fig) or f"{name}.png")
+    plot_reproduction_progress(curves, tmp_path, runs)
+    stars = [(list(line.get_xdata()), list(line.get_ydata()), line.get_color())
+             for line in drawn[0].axes[0].get_lines() if line.get_marker() == "*" and len(line.get_xdata())]
+    curve_colors = {line.get_label(): line.get_color() for line in drawn[0].axes[0].get_lines()}
+    assert stars == [([3.0], [-98.0], curve_colors["standard seed 0, tested at ★"])]
+    assert "vamp seed 0" in curve_colors  # diverged: no star, no "tested" in its label
 
 
 @pytest.mark.parametrize("path", REPRODUCE, ids=[p.stem for p in REPRODUCE])

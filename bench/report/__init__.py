@@ -206,7 +206,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
 
     if not reproductions.empty:
-        md += reproduction_markdown(reproductions) + _progress_figure(curves, out)
+        md += reproduction_markdown(reproductions) + _progress_figure(curves, out, runs)
     md += [literature_markdown()]
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")
@@ -224,9 +224,9 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     return path
 
 
-def _progress_figure(curves: pd.DataFrame, out: Path) -> list[str]:
+def _progress_figure(curves: pd.DataFrame, out: Path, runs: pd.DataFrame | None = None) -> list[str]:
     try:
-        png = plot_reproduction_progress(curves, out)
+        png = plot_reproduction_progress(curves, out, runs)
     except SkipFigure as why:
         return [f"Reproduction progress figure skipped ({why}).", ""]
     return [f"![Reproductions: validation ELBO by epoch]({png}) (also `{png[:-4]}.pdf`)", ""]

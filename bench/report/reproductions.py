@@ -135,10 +135,15 @@ def reproduction_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def plot_reproduction_progress(curves: pd.DataFrame, out_dir) -> str:
-    """Validation ELBO vs epoch of each reproduce run: how far each got and where it is heading."""
+def plot_reproduction_progress(curves: pd.DataFrame, out_dir, runs: pd.DataFrame | None = None) -> str:
+    """Validation ELBO vs epoch of each reproduce run: how far each got and where it is heading; a star marks
+    the checkpoint a completed run (a row of `runs`) was tested with."""
     from bench.report.figures import SkipFigure, new_figure, save
 
+    tested: dict[str, int] = {}
+    if runs is not None and not runs.empty and {"run_id", "status", "best_step"} <= set(runs.columns):
+        done = runs[runs["status"] == "completed"].dropna(subset=["best_step"])
+        tested = dict(zip(done["run_id"], done["best_step"].astype(int)))
     data = reproduction_curves(curves)
     if data.empty:
         raise SkipFigure("no reproduction curve with epochs")
@@ -150,12 +155,16 @@ def plot_reproduction_progress(curves: pd.DataFrame, out_dir) -> str:
         mine = data[data["reproduces"].str.startswith(grid + "/")]
         for (label, run_id), c in mine.groupby(["reproduces", "run_id"], sort=True):
             c = c.sort_values("epoch")
-            ax.plot(c["epoch"], c["elbo"], marker="o", markersize=2, linewidth=1,
-                    label=f"{label.split('/')[1]} seed {run_id.split('-seed')[1].split('-')[0]}")
+            name = f"{label.split('/')[1]} seed {run_id.split('-seed')[1].split('-')[0]}"
+            line, = ax.plot(c["epoch"], c["elbo"], marker="o", markersize=2, linewidth=1,
+                            label=name + (", tested at ★" if run_id in tested else ""))
+            at = c[c["step"] == tested.get(run_id, -1)]
+            ax.plot(at["epoch"], at["elbo"], marker="*", markersize=11, linestyle="none", color=line.get_color(),
+                    markeredgecolor="black", markeredgewidth=0.5)
         latest = mine.sort_values("epoch").groupby("run_id")["elbo"].last()
         low = min(mine["elbo"].quantile(0.1), latest.min())  # early (warm-up) epochs off the axis, never a run
         high = mine["elbo"].max()
-        ax.set_ylim(low - 0.1 * (high - low + 1), high + 0.05 * (high - low + 1))
+        ax.set_ylim(low - 0.1 * (high - low + 1), high + 0.08 * (high - low + 1))
         ax.set_title(f"{grid}: validation ELBO by epoch (the earliest, lowest points may be below the axis)",
                      fontsize=9)
         ax.set_xlabel("epoch")
