@@ -77,6 +77,31 @@ def test_progress_figure_stars_the_tested_checkpoint_of_completed_runs_only(tmp_
     assert "vamp seed 0" in curve_colors  # diverged: no star, no "tested" in its label
 
 
+def test_reproduction_runs_stay_out_of_the_benchmark_comparison(tmp_path):
+    """A folder with a benchmark grid and a reproduction: the versus and main tables hold only the benchmark's
+    variants (labelled as in a one-grid folder); the reproduction meets its published value in its section."""
+    rows = [row(v, 1e-3, s, val=-95.0 + d, test_px=-90.0 + d, test_elbo=-94.0 + d)
+            for v, d in (("mean-field", 0.0), ("iaf", 0.5)) for s in (0, 1)]
+    rows += [row("standard", 5e-4, s, val=-95.5, test_px=v, test_elbo=-94.7, grid="vampprior-paper")
+             for s, v in enumerate([-88.42, -88.56])]
+    path = make_report(write_results(tmp_path / "results", rows), tmp_path / "report", console=quiet())
+    text = path.read_text()
+    benchmark, reproductions = text.split("## Reproductions: measured here vs published")
+    comparison = benchmark.split("## Versus the baseline: `mean-field`")[1]
+    assert "| iaf |" in comparison and "| standard |" not in comparison and "vampprior-paper" not in comparison
+    assert "2 reproduction run(s) are reported only in the reproduction section" in benchmark
+    assert "| vampprior-paper/standard | -88.56 | -88.49 ± 0.10 |" in reproductions
+
+
+def test_report_of_only_completed_reproductions_has_no_benchmark_sections(tmp_path):
+    rows = [row("standard", 5e-4, s, val=-95.5, test_px=v, test_elbo=-94.7, grid="vampprior-paper")
+            for s, v in enumerate([-88.42, -88.56])]
+    path = make_report(write_results(tmp_path / "results", rows), tmp_path / "report", console=quiet())
+    text = path.read_text()
+    assert "## Versus the baseline" not in text and "## Main table" not in text and "## Failures" not in text
+    assert "Only reproduction runs" in text and "| vampprior-paper/standard | -88.56 | -88.49 ± 0.10 |" in text
+
+
 @pytest.mark.parametrize("path", REPRODUCE, ids=[p.stem for p in REPRODUCE])
 def test_every_reproduce_config_has_a_published_entry_and_two_seeds(path):
     runs = load_grid(path)

@@ -19,10 +19,11 @@ from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
-from bench.report.reproductions import plot_reproduction_progress, reproduction_markdown, reproduction_table
+from bench.report.reproductions import (is_reproduction_run, plot_reproduction_progress, reproduction_markdown,
+                                        reproduction_rows, reproduction_table)
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
-                                 display_main_table, failures, load_curves, load_results, main_table, several_lrs,
-                                 status_counts, to_markdown)
+                                 display_main_table, failures, load_curves, load_results, main_table,
+                                 normalize_runs, several_lrs, status_counts, to_markdown)
 from bench.report.versus import (display_versus, no_lr_overlap, pick_baseline, versus_by_lr, versus_sentence,
                                  versus_table)
 from vae_core.data.paths import check_data_dir
@@ -41,7 +42,7 @@ def _counts(values: pd.Series, fmt=str) -> str:
     return ", ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(c.items()))
 
 
-def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list[str]:
+def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame, failures_section: bool = True) -> list[str]:
     statuses = Counter(runs["status"])
     status_text = ", ".join(f"{n} {s}" for s, n in
                             sorted(statuses.items(), key=lambda kv: (kv[0] != "completed", kv[0])))
@@ -64,7 +65,8 @@ def _header(runs: pd.DataFrame, results_dir: Path, curves: pd.DataFrame) -> list
         "- Units: nats per image. log p(x) and ELBO are negative, higher is better; NLL = −log p(x) "
         "(lower is better). Gap = log p(x) − ELBO, per run, then mean ± sd.",
         "- Statistics use completed runs only (mean ± sample sd with ddof=1 over seeds; – when one seed); "
-        "diverged and failed runs are counted and listed under Failures.",
+        + ("diverged and failed runs are counted and listed under Failures." if failures_section else
+           "runs that did not complete are counted in the progress column."),
     ]
     if not curves.empty and "run_id" in curves.columns:
         orphans = sorted(set(curves["run_id"]) - set(runs["run_id"]))
@@ -136,8 +138,15 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         progress = reproduction_table(pd.DataFrame(), curves)
         if progress.empty:
             raise
-        return _progress_report(results, out, progress, curves, console)
+        return _reproductions_report(results, out, progress, curves, console)
     reproductions = reproduction_table(runs, curves)
+    all_runs, reproducing = runs, reproduction_rows(runs)
+    if reproducing.all():
+        return _reproductions_report(results, out, reproductions, curves, console, runs, read_notes)
+    if reproducing.any():  # other protocols: they meet their published values below, never these variants
+        runs = normalize_runs(runs[~reproducing].drop(columns="label"))
+        read_notes = read_notes + [f"{int(reproducing.sum())} reproduction run(s) are reported only in the "
+                                   "reproduction section, against their published values."]
     reference = pick_baseline(runs, baseline)
     out.mkdir(parents=True, exist_ok=True)
     show_lr = several_lrs(runs)
@@ -146,7 +155,9 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     table = main_table(runs)
     bold = best_row(table)
     display = display_main_table(table, show_lr)
-    md = _header(runs, results, curves) + [f"- {n}" for n in read_notes]
+    bench_curves = (curves[~curves["run_id"].map(is_reproduction_run)]
+                    if not curves.empty and "run_id" in curves.columns else curves)
+    md = _header(runs, results, bench_curves) + [f"- {n}" for n in read_notes]
 
     md += [""] + versus_md
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
@@ -206,7 +217,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
 
     if not reproductions.empty:
-        md += reproduction_markdown(reproductions) + _progress_figure(curves, out, runs)
+        md += reproduction_markdown(reproductions) + _progress_figure(curves, out, all_runs)
     md += [literature_markdown()]
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")
@@ -232,17 +243,26 @@ def _progress_figure(curves: pd.DataFrame, out: Path, runs: pd.DataFrame | None 
     return [f"![Reproductions: validation ELBO by epoch]({png}) (also `{png[:-4]}.pdf`)", ""]
 
 
-def _progress_report(results: Path, out: Path, reproductions: pd.DataFrame, curves: pd.DataFrame,
-                     console: Console) -> Path:
-    """The report of a folder whose only runs are unfinished reproductions: how far each got."""
+def _reproductions_report(results: Path, out: Path, reproductions: pd.DataFrame, curves: pd.DataFrame,
+                          console: Console, runs: pd.DataFrame | None = None, read_notes: list[str] = ()) -> Path:
+    """The report of a folder holding only reproduction runs (`runs`; None when none has finished yet): each
+    against its published value and how far the unfinished ones got; no benchmark comparison."""
     out.mkdir(parents=True, exist_ok=True)
-    md = ["# vaebench report", "",
-          f"- Results folder: `{results}`; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-          "- No run has finished yet: only the reproductions' progress is shown.", ""]
-    md += reproduction_markdown(reproductions) + _progress_figure(curves, out) + [literature_markdown()]
+    if runs is None:
+        md = ["# vaebench report", "",
+              f"- Results folder: `{results}`; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+              "- No run has finished yet: only the reproductions' progress is shown."]
+        title = "reproductions in progress (no run finished yet)"
+    else:
+        others = curves[~curves["run_id"].map(is_reproduction_run)] if "run_id" in curves.columns else curves
+        md = _header(runs, results, others, failures_section=False) + [f"- {n}" for n in read_notes] + [
+            "- Only reproduction runs: each is compared with its published value, not with the others "
+            "(each follows its own paper's protocol)."]
+        title = "reproductions: measured vs published test log p(x), nats"
+    md += [""] + reproduction_markdown(reproductions) + _progress_figure(curves, out, runs)
+    md += [literature_markdown()]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(md), encoding="utf-8"))
-    _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
-                 "reproductions in progress (no run finished yet)")
+    _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console, title)
     console.print(f"wrote {path}", highlight=False)
     return path

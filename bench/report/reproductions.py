@@ -50,12 +50,27 @@ PUBLISHED: tuple[Published, ...] = (
               "≤ 2000 epochs, early stopping 50", _VAMP_NOTES),
 )
 
+REPRODUCED = frozenset((e.grid, e.variant) for e in PUBLISHED)
+
 COLUMNS = ["reproduces", "published log p(x)", "measured log p(x)", "Δ (95% CI)", "seeds", "progress", "source",
            "protocol differences"]
 
 
 def _run_label(run_id: str, entry: Published) -> bool:
     return run_id.startswith(f"{entry.grid}-{entry.variant}-seed")
+
+
+def is_reproduction_run(run_id: str) -> bool:
+    """Whether a run id (a curve file's) belongs to a published result's reproduction."""
+    return any(_run_label(run_id, entry) for entry in PUBLISHED)
+
+
+def reproduction_rows(runs: pd.DataFrame) -> pd.Series:
+    """Boolean mask of the rows of `runs` that reproduce a published result: they are compared with their
+    published value only, never with the benchmark's variants (another protocol)."""
+    if runs.empty or not {"grid", "variant"} <= set(runs.columns):
+        return pd.Series(False, index=runs.index)
+    return pd.Series([(g, v) in REPRODUCED for g, v in zip(runs["grid"], runs["variant"])], index=runs.index)
 
 
 def _progress(curves: pd.DataFrame) -> str:
