@@ -90,6 +90,7 @@ def test_reproduction_runs_stay_out_of_the_benchmark_comparison(tmp_path):
     comparison = benchmark.split("## Versus the baseline: `mean-field`")[1]
     assert "| iaf |" in comparison and "| standard |" not in comparison and "vampprior-paper" not in comparison
     assert "2 reproduction run(s) are reported only in the reproduction section" in benchmark
+    assert "without a run row" not in text  # the reproductions' curves are theirs, not orphans
     assert "| vampprior-paper/standard | -88.56 | -88.49 ± 0.10 |" in reproductions
 
 

@@ -19,7 +19,7 @@ from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
-from bench.report.reproductions import (is_reproduction_run, plot_reproduction_progress, reproduction_markdown,
+from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
                                  display_main_table, failures, load_curves, load_results, main_table,
@@ -120,8 +120,10 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     """Write `out/report.md` and the figures for the results folder `results`; returns the report path.
 
     `baseline` names the reference variant of the versus table (default: `mean-field` if present, else the
-    first variant); `download` lets the image figures fetch a missing test set into the cache.
-    Raises UserError when `results` does not exist or holds no run rows, or `baseline` is not a variant.
+    first variant); `download` lets the image figures fetch a missing test set into the cache. Reproduction runs
+    are compared only with their published values; a folder of reproductions alone has no versus table.
+    Raises UserError when `results` does not exist or holds no run rows (and no reproduction curves), or
+    `baseline` is not a variant of the benchmark's runs.
     """
     from bench.report.images import image_figures
 
@@ -144,7 +146,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     if reproducing.all():
         return _reproductions_report(results, out, reproductions, curves, console, runs, read_notes)
     if reproducing.any():  # other protocols: they meet their published values below, never these variants
-        runs = normalize_runs(runs[~reproducing].drop(columns="label"))
+        runs = normalize_runs(runs[~reproducing])
         read_notes = read_notes + [f"{int(reproducing.sum())} reproduction run(s) are reported only in the "
                                    "reproduction section, against their published values."]
     reference = pick_baseline(runs, baseline)
@@ -155,9 +157,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     table = main_table(runs)
     bold = best_row(table)
     display = display_main_table(table, show_lr)
-    bench_curves = (curves[~curves["run_id"].map(is_reproduction_run)]
-                    if not curves.empty and "run_id" in curves.columns else curves)
-    md = _header(runs, results, bench_curves) + [f"- {n}" for n in read_notes]
+    md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
 
     md += [""] + versus_md
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
@@ -254,8 +254,7 @@ def _reproductions_report(results: Path, out: Path, reproductions: pd.DataFrame,
               "- No run has finished yet: only the reproductions' progress is shown."]
         title = "reproductions in progress (no run finished yet)"
     else:
-        others = curves[~curves["run_id"].map(is_reproduction_run)] if "run_id" in curves.columns else curves
-        md = _header(runs, results, others, failures_section=False) + [f"- {n}" for n in read_notes] + [
+        md = _header(runs, results, benchmark_curves(curves, runs), failures_section=False) + [f"- {n}" for n in read_notes] + [
             "- Only reproduction runs: each is compared with its published value, not with the others "
             "(each follows its own paper's protocol)."]
         title = "reproductions: measured vs published test log p(x), nats"

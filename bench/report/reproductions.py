@@ -65,6 +65,15 @@ def is_reproduction_run(run_id: str) -> bool:
     return any(_run_label(run_id, entry) for entry in PUBLISHED)
 
 
+def benchmark_curves(curves: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The curve rows of runs that are not reproductions: neither a reproduction row of `runs` nor, for a run
+    without a row yet, a reproduction's run id."""
+    if curves.empty or "run_id" not in curves.columns:
+        return curves
+    rows = set(runs.loc[reproduction_rows(runs), "run_id"]) if runs is not None and not runs.empty else set()
+    return curves[~curves["run_id"].map(lambda r: r in rows or is_reproduction_run(r))]
+
+
 def reproduction_rows(runs: pd.DataFrame) -> pd.Series:
     """Boolean mask of the rows of `runs` that reproduce a published result: they are compared with their
     published value only, never with the benchmark's variants (another protocol)."""
@@ -141,7 +150,7 @@ def reproduction_table(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
 
 def reproduction_curves(curves: pd.DataFrame) -> pd.DataFrame:
     """Validation curves of every reproduce run (finished or not), with its `reproduces` label."""
-    if curves.empty or not {"run_id", "split", "epoch", "elbo"} <= set(curves.columns):
+    if curves.empty or not {"run_id", "split", "step", "epoch", "elbo"} <= set(curves.columns):
         return pd.DataFrame()
     valid = curves[curves["split"] == "valid"].dropna(subset=["epoch", "elbo"])
     frames = [valid[valid["run_id"].map(lambda r, e=entry: _run_label(r, e))].assign(
@@ -171,11 +180,12 @@ def plot_reproduction_progress(curves: pd.DataFrame, out_dir, runs: pd.DataFrame
         for (label, run_id), c in mine.groupby(["reproduces", "run_id"], sort=True):
             c = c.sort_values("epoch")
             name = f"{label.split('/')[1]} seed {run_id.split('-seed')[1].split('-')[0]}"
-            line, = ax.plot(c["epoch"], c["elbo"], marker="o", markersize=2, linewidth=1,
-                            label=name + (", tested at ★" if run_id in tested else ""))
             at = c[c["step"] == tested.get(run_id, -1)]
-            ax.plot(at["epoch"], at["elbo"], marker="*", markersize=11, linestyle="none", color=line.get_color(),
-                    markeredgecolor="black", markeredgewidth=0.5)
+            line, = ax.plot(c["epoch"], c["elbo"], marker="o", markersize=2, linewidth=1,
+                            label=name + (", tested at ★" if not at.empty else ""))
+            if not at.empty:
+                ax.plot(at["epoch"], at["elbo"], marker="*", markersize=11, linestyle="none",
+                        color=line.get_color(), markeredgecolor="black", markeredgewidth=0.5)
         latest = mine.sort_values("epoch").groupby("run_id")["elbo"].last()
         low = min(mine["elbo"].quantile(0.1), latest.min())  # early (warm-up) epochs off the axis, never a run
         high = mine["elbo"].max()
