@@ -254,7 +254,8 @@ def _reproductions_report(results: Path, out: Path, reproductions: pd.DataFrame,
               "- No run has finished yet: only the reproductions' progress is shown."]
         title = "reproductions in progress (no run finished yet)"
     else:
-        md = _header(runs, results, benchmark_curves(curves, runs), failures_section=False) + [f"- {n}" for n in read_notes] + [
+        md = _header(runs, results, benchmark_curves(curves, runs), failures_section=False)
+        md += [f"- {n}" for n in read_notes] + [
             "- Only reproduction runs: each is compared with its published value, not with the others "
             "(each follows its own paper's protocol)."]
         title = "reproductions: measured vs published test log p(x), nats"
