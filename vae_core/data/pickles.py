@@ -1,8 +1,9 @@
 """Reading numpy arrays from pickles without running the pickle's code.
 
 A pickle can name any importable callable and have it called while loading. `load_arrays` allows exactly the
-three globals numpy uses to rebuild an ndarray (its reconstruct function, `ndarray`, `dtype`), resolved here to
-the objects themselves; any other global is refused before it is imported, so its code never runs.
+globals numpy uses to rebuild an ndarray (its reconstruct function, `ndarray`, `dtype`; and `_codecs.encode` with
+the latin1 codec only, through which Python 3 writes an array's bytes at protocols 0-2), resolved here to the
+objects themselves; any other global is refused before it is imported, so its code never runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ import numpy as np
 from vae_core.data.errors import CorruptDataError
 
 _RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]  # numpy's ndarray rebuild function, wherever numpy keeps it
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """`_codecs.encode` as protocol 0-2 pickles use it for bytes: latin1 only."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
 ALLOWED: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_bytes,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,

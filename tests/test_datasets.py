@@ -1,0 +1,440 @@
+"""The dataset registry and the literature's datasets: Caltech-101 Silhouettes, Fashion-MNIST, Frey Faces,
+Omniglot. Real shared files where present (skipped otherwise), tiny synthetic files in the same formats, hostile
+and broken files, downloads from a local mirror."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from vae_core.config import ConfigError
+from vae_core.data import (DATASETS, ChecksumError, CorruptDataError, DataError, Dataset, DownloadError,
+                           MissingDataError, load_dataset, sources)
+from vae_core.data import caltech, files, frey, omniglot, pickles
+from tests.test_download import server  # noqa: F401  (the local HTTP mirror fixture)
+from vae_core.data.dataset import seeded_permutation
+
+FASHION_MD5 = {"train-images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train-labels": "25c81989df183df01b3e8a0aad5dffbe",
+               "t10k-images": "bef4ecab320f06d8554ea6380940ec79", "t10k-labels": "bb300cfdad3c16e7a12a480ee83cd310"}
+SHARED_SHA256 = {"freyfaces/freyfaces.pkl": "3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",
+                 "caltech101_silhouettes/caltech101_silhouettes_28_split1.mat":
+                     "eb6735e8d84b1850fabc5590124aab1755e90c9fd28123585324398405e1e42a"}
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def column_major(images: np.ndarray) -> np.ndarray:
+    """[N, H, W] upright images -> [N, H*W] rows read column by column, as MATLAB stores them."""
+    return images.transpose(0, 2, 1).reshape(images.shape[0], -1)
+
+
+def arrow(n: int, side: int = 28) -> np.ndarray:
+    """[n, side, side] uint8: the top row and left column set, nothing else (orientation shows)."""
+    x = np.zeros((n, side, side), dtype=np.uint8)
+    x[:, 0, :] = 1
+    x[:, :, 0] = 1
+    x[:, 0, -1] = 0  # breaks the transpose symmetry: the top row stops one short
+    return x
+
+
+# ---- registry -----------------------------------------------------------------------------------------------------
+
+def test_registry_entries_and_config_derive_from_it() -> None:
+    from bench.config import TRAIN_EXAMPLES, DataConfig
+
+    expected = {"binarized-mnist": ("binary", (28, 28), (50000, 10000, 10000), ("bernoulli",)),
+                "mnist-dynamic": ("grayscale", (28, 28), (50000, 10000, 10000), ("bernoulli",)),
+                "caltech101-silhouettes": ("binary", (28, 28), (4100, 2264, 2307), ("bernoulli",)),
+                "fashion-mnist": ("grayscale", (28, 28), (50000, 10000, 10000), ("bernoulli",)),
+                "frey-faces": ("8bit", (28, 20), (1565, 200, 200), ("discretized-logistic",)),
+                "omniglot": ("grayscale", (28, 28), (23000, 1345, 8070), ("bernoulli",))}
+    assert {n: (s.kind, s.image_shape, s.splits, s.likelihoods) for n, s in DATASETS.items()} == expected
+    assert TRAIN_EXAMPLES == {n: s.splits[0] for n, s in DATASETS.items()}
+    field = next(f for f in DataConfig.__dataclass_fields__.values() if f.name == "dataset")
+    assert field.metadata["choices"] == tuple(DATASETS) and DataConfig().split_seed == 123
+
+
+def test_unknown_dataset_suggests_a_close_name() -> None:
+    from bench.gridfile import parse_grid
+
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist")
+    assert "did you mean 'fashion-mnist'?" in one_line(err)
+    with pytest.raises(ConfigError, match="did you mean 'frey-faces'"):
+        parse_grid({"data": {"dataset": "frey-face"}})
+
+
+def test_dataset_record_kind_is_consistent() -> None:
+    x = torch.zeros(2, 560)
+    assert Dataset("d", x, x, x, None, False, "", "", "8bit", (28, 20)).dynamic is False
+    assert Dataset("d", torch.zeros(2, 784), torch.zeros(2, 784), torch.zeros(2, 784), None, True, "", "").kind \
+        == "grayscale"
+    with pytest.raises(ValueError, match="contradicts"):
+        Dataset("d", x, x, x, None, True, "", "", "8bit", (28, 20))
+    with pytest.raises(ValueError, match="expected"):
+        Dataset("d", x, x, x, None, False, "", "", "8bit", (28, 28))
+
+
+def test_seeded_permutation_is_the_papers_shuffle() -> None:
+    x = np.arange(40).reshape(20, 2)
+    shuffled = x.copy()
+    np.random.seed(123)
+    np.random.shuffle(shuffled)  # the Sylvester-flow code's Frey shuffle; IWAE: RandomState(123).permutation
+    assert np.array_equal(x[seeded_permutation(20, 123)], shuffled)
+    assert np.array_equal(seeded_permutation(20, 123), np.random.RandomState(123).permutation(20))
+
+
+def test_git_blob_id_matches_git() -> None:
+    assert files.git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    assert files.git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+# ---- real shared files ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rel", sorted(SHARED_SHA256))
+def test_shared_files_digests(shared_data_dir: Path, rel: str) -> None:
+    assert hashlib.sha256((shared_data_dir / rel).read_bytes()).hexdigest() == SHARED_SHA256[rel]
+
+
+def test_caltech_real(shared_data_dir: Path) -> None:
+    ds = load_dataset("caltech101-silhouettes", shared_data_dir)
+    assert md5(shared_data_dir / "caltech101_silhouettes/caltech101_silhouettes_28_split1.mat") == \
+        caltech.FILE.digest.removeprefix("md5:")
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((4100, 784), (2264, 784), (2307, 784))
+    assert ds.kind == "binary" and not ds.dynamic and ds.image_shape == (28, 28)
+    for x in (ds.train, ds.valid, ds.test):
+        assert set(torch.unique(x).tolist()) == {0.0, 1.0}
+    assert round(float(ds.train.double().mean()), 4) == 0.4489  # of 1 - x: objects are 1
+    raw = scipy.io.loadmat(shared_data_dir / "caltech101_silhouettes/caltech101_silhouettes_28_split1.mat")
+    first = 1 - raw["train_data"][0].reshape(28, 28, order="F")  # MATLAB's column-major image
+    assert torch.equal(ds.train[0].reshape(28, 28), torch.from_numpy(first.astype(np.float32)))
+    border = ds.train.reshape(-1, 28, 28)[:, [0, -1], :].mean()
+    assert border < 0.2 < ds.train.reshape(-1, 28, 28)[:, 10:18, 10:18].mean()  # background 0 at the edges
+
+
+def test_fashion_real(shared_data_dir: Path) -> None:
+    ds = load_dataset("fashion-mnist", shared_data_dir)
+    assert {k: s.md5_gz for k, s in sources.FASHION_IDX_FILES.items()} == FASHION_MD5
+    for key, spec in sources.FASHION_IDX_FILES.items():
+        assert md5(shared_data_dir / "FashionMNIST/raw" / f"{spec.filename}.gz") == FASHION_MD5[key]
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((50000, 784), (10000, 784), (10000, 784))
+    assert ds.kind == "grayscale" and ds.dynamic and ds.test_labels.shape == (10000,)
+    assert 0 <= float(ds.train.min()) and float(ds.train.max()) <= 1
+    assert round(float(ds.train.double().mean()), 4) == 0.2855
+    assert round(float(ds.test.double().mean()), 4) == 0.2868
+
+
+def test_frey_real(shared_data_dir: Path, tmp_path: Path) -> None:
+    ds = load_dataset("frey-faces", shared_data_dir)
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((1565, 560), (200, 560), (200, 560))
+    assert ds.kind == "8bit" and ds.image_shape == (28, 20) and ds.train.dtype == torch.float32
+    every = torch.cat([ds.train, ds.valid, ds.test])  # [1965, 560]
+    v = torch.round(every * 255)
+    assert torch.equal(v / 255, every) and int(v.min()) == 8 and int(v.max()) == 238  # exactly v / 255
+    assert round(float(ds.train.double().mean()), 4) == 0.6056
+    with open(shared_data_dir / "freyfaces/freyfaces.pkl", "rb") as fh:
+        data = pickles.ArrayUnpickler(fh, encoding="latin1").load()[0] / 255.0
+    np.random.seed(123)
+    np.random.shuffle(data)  # the Sylvester-flow code with its default --freyseed 123
+    assert torch.equal(ds.train, torch.from_numpy(data[:1565]).float())
+    assert torch.equal(ds.test, torch.from_numpy(data[1765:]).float())
+    other = load_dataset("frey-faces", shared_data_dir, split_seed=321)
+    assert not torch.equal(other.test, ds.test) and other.digest != ds.digest
+    assert torch.equal(torch.cat([other.train, other.valid, other.test]).sort(0).values, every.sort(0).values)
+    # the canonical .mat (ff = images.T) holds the same content and gives the same dataset
+    images = (torch.round(every * 255).to(torch.uint8).numpy())[np.argsort(seeded_permutation(1965, 123))]
+    scipy.io.savemat(tmp_path / "frey_rawface.mat", {"ff": images.T})
+    from_mat = load_dataset("frey-faces", tmp_path)
+    assert torch.equal(from_mat.train, ds.train) and from_mat.digest == ds.digest
+
+
+def test_show_data_lists_every_dataset(shared_data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.data_command import show_data
+
+    assert show_data(shared_data_dir, download=False) == 0
+    out = capsys.readouterr().out
+    for name in DATASETS:
+        assert name in out
+    for text in ("4100 / 2264 / 2307", "0.4489", "1565 / 200 / 200", "0.6056", "0.2855", "23000 / 1345 / 8070"):
+        assert text in out
+    assert re.search(r"omniglot.*missing", out)
+
+
+# ---- synthetic files: Caltech -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def caltech_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path):
+    """Write a tiny Caltech .mat (1 = background, column-major rows) and make the loader expect it."""
+    def write(folder: Path, splits: dict[str, np.ndarray] | None = None) -> Path:
+        objects = splits or {"train": arrow(3), "valid": arrow(2), "test": arrow(2)}
+        stored = {key: column_major(1 - objects[s]) for s, (key, _, _) in caltech.SPLITS.items()}
+        path = folder / "caltech101_silhouettes" / caltech.FILE.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(path, {**stored, "train_labels": np.ones((3, 1), np.uint8)})
+        monkeypatch.setattr(caltech, "SPLITS", {s: (key, objects[s].shape[0], "")
+                                                for s, (key, _, _) in caltech.SPLITS.items()})
+        monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename,
+                                                              caltech.FILE.urls, f"md5:{md5(path)}"))
+        return path
+
+    return write
+
+
+def test_caltech_synthetic_upright_and_inverted(caltech_files, tmp_path: Path) -> None:
+    caltech_files(tmp_path / "data")
+    ds = load_dataset("caltech101-silhouettes", tmp_path / "data")
+    assert ds.train.shape == (3, 784) and ds.test.shape == (2, 784)
+    assert torch.equal(ds.train.reshape(3, 28, 28), torch.from_numpy(arrow(3)).float())  # upright, 1 = object
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("value", r"train_data has values in \[0, 2\]; expected only 0/1"),
+    ("shape", r"train_data has shape 3x783, expected 3x784"),
+    ("truncate", r"not a readable MATLAB file"),
+    ("md5", r"md5 mismatch"),
+])
+def test_caltech_bad_files(caltech_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str,
+                           pattern: str) -> None:
+    path = caltech_files(tmp_path / "data")
+    if damage in ("value", "shape"):
+        content = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        content["train_data"] = (content["train_data"][:, :783] if damage == "shape"
+                                 else np.where(content["train_data"] == 1, 2, 0).astype(np.uint8))
+        scipy.io.savemat(path, content)
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    if damage != "md5":
+        monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename, (),
+                                                              f"md5:{md5(path)}"))
+    else:
+        path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(CorruptDataError) as err:
+        load_dataset("caltech101-silhouettes", tmp_path / "data")
+    message = one_line(err)
+    assert str(path) in message and re.search(pattern, message)
+
+
+# ---- synthetic files: Frey, and the restricted unpickler -----------------------------------------------------------
+
+@pytest.fixture
+def frey_images(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> np.ndarray:
+    """[10, 560] uint8 synthetic faces; the loader is made to expect them (sizes 6 / 2 / 2, content digest)."""
+    x = np.random.default_rng(0).integers(8, 239, size=(10, 560), dtype=np.uint8)
+    monkeypatch.setattr(frey, "SIZES", (6, 2, 2))
+    monkeypatch.setattr(frey, "CONTENT_SHA256", hashlib.sha256(x.tobytes()).hexdigest())
+    return x
+
+
+def write_pickle(path: Path, obj, monkeypatch: pytest.MonkeyPatch, protocol: int = 2) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    monkeypatch.setattr(frey, "PICKLE", files.RemoteFile("freyfaces", "freyfaces.pkl", (),
+                                                         f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"))
+    return path
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_frey_synthetic_pickle_and_mat_agree(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             protocol: int) -> None:
+    write_pickle(tmp_path / "p/freyfaces/freyfaces.pkl", [frey_images], monkeypatch, protocol)
+    (tmp_path / "m/freyfaces").mkdir(parents=True)
+    scipy.io.savemat(tmp_path / "m/freyfaces/frey_rawface.mat", {"ff": frey_images.T})
+    a, b = load_dataset("frey-faces", tmp_path / "p", split_seed=5), load_dataset("frey-faces", tmp_path / "m",
+                                                                                 split_seed=5)
+    order = seeded_permutation(10, 5)
+    expected = torch.from_numpy(frey_images[order]).float() / 255  # [10, 560]
+    for ds in (a, b):
+        assert torch.equal(torch.cat([ds.train, ds.valid, ds.test]), expected)
+        assert (ds.train.shape[0], ds.valid.shape[0], ds.test.shape[0]) == (6, 2, 2)
+
+
+class _Writes:
+    """Loading this pickle would create `path` (via the global named by `how`)."""
+
+    def __init__(self, path: Path, how: str) -> None:
+        self.path, self.how = path, how
+
+    def __reduce__(self):
+        if self.how == "open":
+            return builtins.open, (str(self.path), "w")
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.mark.parametrize("how", ["open", "system"])
+@pytest.mark.parametrize("protocol", [0, 4])
+def test_malicious_pickle_is_refused_and_never_runs(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    how: str, protocol: int) -> None:
+    target = tmp_path / "pwned"
+    path = write_pickle(tmp_path / "data/freyfaces/freyfaces.pkl", [frey_images, _Writes(target, how)],
+                        monkeypatch, protocol)
+    with pytest.raises(CorruptDataError) as err:
+        load_dataset("frey-faces", tmp_path / "data")
+    message = one_line(err)
+    assert str(path) in message and "not allowed" in message
+    assert ("open" if how == "open" else ".system") in message
+    assert not target.exists()
+
+
+def test_other_numpy_globals_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(np.load))
+    with pytest.raises(CorruptDataError, match="numpy.*load, which is not allowed"):
+        pickles.load_arrays(path)
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("truncate", "not a readable pickle"),
+    ("range", r"has values in \[0, 300\]; expected integer values 0..255"),
+    ("shape", "has shape 10x559, expected 10x560"),
+    ("content", "content sha256 mismatch"),
+    ("bytes", "sha256 mismatch"),
+])
+def test_frey_bad_files(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str,
+                        pattern: str) -> None:
+    x = {"shape": frey_images[:, :559], "content": 255 - frey_images}.get(damage, frey_images)
+    if damage == "range":
+        x = frey_images.astype(np.int64)
+        x[0, 0], x[0, 1] = 300, 0
+    path = write_pickle(tmp_path / "data/freyfaces/freyfaces.pkl", [x], monkeypatch)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+        monkeypatch.setattr(frey, "PICKLE", files.RemoteFile("freyfaces", "freyfaces.pkl", (), ""))
+    if damage == "bytes":
+        path.write_bytes(pickle.dumps([frey_images], protocol=4))  # same content, other bytes than pinned
+    with pytest.raises(CorruptDataError) as err:
+        load_dataset("frey-faces", tmp_path / "data")
+    message = one_line(err)
+    assert str(path) in message and re.search(pattern, message), message
+
+
+# ---- synthetic files: Omniglot ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def omniglot_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path):
+    """chardata.mat in the IWAE layout (data 784 x N, testdata 784 x M, float64 in [0, 1]) with 12 / 4 images."""
+    rng = np.random.default_rng(1)
+    train, test = rng.random((12, 28, 28)), rng.random((4, 28, 28))  # upright [N, 28, 28]
+    train[:, 0, :] = 1.0  # a bright top row: orientation shows
+
+    def write(folder: Path, data: np.ndarray = train) -> Path:
+        path = folder / "omniglot" / "chardata.mat"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(path, {"data": column_major(data).T, "testdata": column_major(test).T,
+                                "target": np.zeros((50, 12)), "testtarget": np.zeros((50, 4))})
+        monkeypatch.setattr(omniglot, "SIZES", {"data": data.shape[0], "testdata": 4})
+        monkeypatch.setattr(omniglot, "VALID_SIZE", 3)
+        monkeypatch.setattr(omniglot, "FILE", files.RemoteFile(
+            "omniglot", "chardata.mat", omniglot.FILE.urls, f"git-blob:{files.git_blob_sha1(path.read_bytes())}"))
+        return path
+
+    return write, train, test
+
+
+def test_omniglot_synthetic(omniglot_file, tmp_path: Path) -> None:
+    write, train, test = omniglot_file
+    write(tmp_path / "data")
+    ds = load_dataset("omniglot", tmp_path / "data")
+    assert ds.kind == "grayscale" and ds.dynamic
+    order = np.random.RandomState(123).permutation(12)  # the IWAE code's fixed permutation
+    expected = torch.from_numpy(train[order].reshape(12, 784)).float()  # [12, 784]
+    assert torch.equal(ds.train, expected[:9]) and torch.equal(ds.valid, expected[9:])
+    assert torch.equal(ds.test, torch.from_numpy(test.reshape(4, 784)).float())
+    assert bool((ds.train.reshape(-1, 28, 28)[:, 0, :] == 1).all())  # the bright row is the top row
+
+
+def test_omniglot_bad_values_and_blob(omniglot_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write, train, _ = omniglot_file
+    path = write(tmp_path / "data", train * 2)
+    with pytest.raises(CorruptDataError) as err:
+        load_dataset("omniglot", tmp_path / "data")
+    assert str(path) in one_line(err) and "expected values in [0, 1]" in str(err.value)
+    write(tmp_path / "data")
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+    with pytest.raises(ChecksumError, match="git-blob mismatch"):
+        load_dataset("omniglot", tmp_path / "data")
+
+
+# ---- one convention for dynamically binarized sets ---------------------------------------------------------------
+
+def test_fashion_follows_mnist_dynamic(synth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       isolated: Path) -> None:
+    from bench.gridfile import parse_grid
+    from bench.runner import prepare_data
+
+    raw = tmp_path / "data/FashionMNIST/raw"
+    train, test, labels = synth.pixels(30, 28, 28), synth.pixels(8, 28, 28), np.arange(8, dtype=np.uint8)
+    for key, x in (("train-images", train), ("t10k-images", test), ("t10k-labels", labels)):
+        spec = sources.FASHION_IDX_FILES[key]
+        gz = synth.write_idx(raw / f"{spec.filename}.gz", x)
+        monkeypatch.setitem(sources.FASHION_IDX_FILES, key, sources.IdxSpec(key, spec.filename, x.shape, md5(gz),
+                                                                            None))
+    monkeypatch.setattr(sources, "FASHION_VALID_SIZE", 10)
+    ds = load_dataset("fashion-mnist", tmp_path / "data")
+    flat = torch.from_numpy(train).reshape(30, 784).float() / 255
+    assert torch.equal(ds.train, flat[:20]) and torch.equal(ds.valid, flat[20:])
+    (cfg,) = parse_grid({"data": {"dataset": "fashion-mnist"}})
+    a, b = (prepare_data(cfg, str(tmp_path / "data"), torch.device("cpu")) for _ in range(2))
+    assert a.dynamic and torch.equal(a.train, ds.train)  # train stays grayscale: binarized per batch
+    assert set(torch.unique(a.valid).tolist()) <= {0.0, 1.0} and torch.equal(a.valid, b.valid)  # once, fixed seed
+    assert torch.equal(a.test, b.test)
+
+
+# ---- downloads through a local mirror ------------------------------------------------------------------------------
+
+def test_download_every_new_format_from_a_mirror(caltech_files, omniglot_file, frey_images, server, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+    from vae_core.data.inventory import fetch_missing
+
+    base, root = server
+    caltech_files(root)
+    omniglot_file[0](root)
+    (root / "freyfaces").mkdir()
+    scipy.io.savemat(root / "freyfaces/frey_rawface.mat", {"ff": frey_images.T})
+    monkeypatch.setenv("VAEBENCH_MIRROR", base.rstrip("/"))
+    monkeypatch.setenv("VAEBENCH_DOWNLOAD_TIMEOUT", "5")
+    for env in (sources.ENV_BINARIZED_MIRRORS, sources.ENV_MNIST_MIRRORS):  # no test reaches the internet
+        monkeypatch.setenv(env, "http://127.0.0.1:9/")
+    monkeypatch.setattr(sources, "FASHION_MIRRORS", ("http://127.0.0.1:9/",))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("caltech101-silhouettes", "frey-faces", "omniglot"):
+        with pytest.raises(MissingDataError):
+            load_dataset(name, empty)
+    failures = fetch_missing(empty)  # binarized MNIST and the IDX sets fail here (no mirror copy): listed
+    assert all(isinstance(f, DataError) for f in failures)
+    for name, rel in (("caltech101-silhouettes", "caltech101_silhouettes/caltech101_silhouettes_28_split1.mat"),
+                      ("frey-faces", "freyfaces/frey_rawface.mat"), ("omniglot", "omniglot/chardata.mat")):
+        assert (isolated / rel).is_file()
+        assert load_dataset(name, empty).source == str((isolated / rel).parent)  # now served from the cache
+    assert not list(isolated.rglob(".part-*"))
+
+
+def test_corrupt_download_leaves_nothing(caltech_files, server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         isolated: Path) -> None:
+    base, root = server
+    path = caltech_files(root)
+    path.write_bytes(path.read_bytes() + b"junk")  # the mirror's copy no longer has the pinned md5
+    monkeypatch.setenv("VAEBENCH_MIRROR", base.rstrip("/"))
+    monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename, (),
+                                                          caltech.FILE.digest))
+    with pytest.raises(DownloadError) as err:
+        load_dataset("caltech101-silhouettes", tmp_path, download=True)
+    assert "md5 mismatch" in one_line(err)
+    assert not [p for p in isolated.rglob("*") if p.is_file()]
