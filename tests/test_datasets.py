@@ -438,3 +438,27 @@ def test_corrupt_download_leaves_nothing(caltech_files, server, tmp_path: Path, 
         load_dataset("caltech101-silhouettes", tmp_path, download=True)
     assert "md5 mismatch" in one_line(err)
     assert not [p for p in isolated.rglob("*") if p.is_file()]
+
+
+# ---- through the CLI: one line, exit 2, nothing written ------------------------------------------------------------
+
+@pytest.mark.parametrize("dataset", ["caltech101-silhouettes", "frey-faces"])
+def test_run_on_bad_data_is_exit_2_and_writes_nothing(caltech_files, frey_images, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, dataset: str) -> None:
+    from tests.test_download import TINY_GRID, _cli
+
+    data = tmp_path / "data"
+    if dataset == "frey-faces":
+        target = tmp_path / "pwned"
+        write_pickle(data / "freyfaces/freyfaces.pkl", [frey_images, _Writes(target, "system")], monkeypatch)
+    else:
+        path = caltech_files(data)
+        path.write_bytes(path.read_bytes()[:200])
+        monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename, (), ""))
+    grid = tmp_path / "g.toml"
+    grid.write_text(TINY_GRID + f'[data]\ndataset = "{dataset}"\n')
+    results = tmp_path / "results"
+    res = _cli("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(data), "--offline")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and str(data) in " ".join(res.output.split())
+    assert not results.exists() and not (tmp_path / "pwned").exists()
