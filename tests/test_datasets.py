@@ -1,13 +1,10 @@
-"""The dataset registry and the literature's datasets: Caltech-101 Silhouettes, Fashion-MNIST, Frey Faces,
-Omniglot. Real shared files where present (skipped otherwise), tiny synthetic files in the same formats, hostile
-and broken files, downloads from a local mirror."""
+"""The dataset registry and the literature's datasets (Caltech-101 Silhouettes, Fashion-MNIST, Frey Faces,
+Omniglot): real shared files where present (skipped otherwise), one binarization convention, downloads from a
+local mirror, bad data through the CLI. Format-level tests on synthetic files: tests/test_dataset_formats.py."""
 
 from __future__ import annotations
 
-import builtins
 import hashlib
-import os
-import pickle
 import re
 from pathlib import Path
 
@@ -16,11 +13,12 @@ import pytest
 import scipy.io
 import torch
 
-from vae_core.config import ConfigError
-from vae_core.data import (DATASETS, ChecksumError, CorruptDataError, DataError, Dataset, DownloadError,
-                           MissingDataError, load_dataset, sources)
-from vae_core.data import caltech, files, frey, omniglot, pickles
+from tests.dataset_files import (Writes, caltech_files, frey_images, md5, omniglot_file,  # noqa: F401
+                                 one_line, write_pickle)
 from tests.test_download import server  # noqa: F401  (the local HTTP mirror fixture)
+from vae_core.config import ConfigError
+from vae_core.data import DATASETS, DataError, Dataset, DownloadError, MissingDataError, load_dataset, sources
+from vae_core.data import caltech, files, pickles
 from vae_core.data.dataset import seeded_permutation
 
 FASHION_MD5 = {"train-images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train-labels": "25c81989df183df01b3e8a0aad5dffbe",
@@ -28,30 +26,6 @@ FASHION_MD5 = {"train-images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train-labels
 SHARED_SHA256 = {"freyfaces/freyfaces.pkl": "3b69410c6a5fd6e03f09012905168be3712373a094a776f7e58fcd0670d2138a",
                  "caltech101_silhouettes/caltech101_silhouettes_28_split1.mat":
                      "eb6735e8d84b1850fabc5590124aab1755e90c9fd28123585324398405e1e42a"}
-
-
-def one_line(err: pytest.ExceptionInfo) -> str:
-    message = str(err.value)
-    assert "\n" not in message
-    return message
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def column_major(images: np.ndarray) -> np.ndarray:
-    """[N, H, W] upright images -> [N, H*W] rows read column by column, as MATLAB stores them."""
-    return images.transpose(0, 2, 1).reshape(images.shape[0], -1)
-
-
-def arrow(n: int, side: int = 28) -> np.ndarray:
-    """[n, side, side] uint8: the top row and left column set, nothing else (orientation shows)."""
-    x = np.zeros((n, side, side), dtype=np.uint8)
-    x[:, 0, :] = 1
-    x[:, :, 0] = 1
-    x[:, 0, -1] = 0  # breaks the transpose symmetry: the top row stops one short
-    return x
 
 
 # ---- registry -----------------------------------------------------------------------------------------------------
@@ -177,200 +151,6 @@ def test_show_data_lists_every_dataset(shared_data_dir: Path, capsys: pytest.Cap
     assert re.search(r"omniglot.*missing", out)
 
 
-# ---- synthetic files: Caltech -------------------------------------------------------------------------------------
-
-@pytest.fixture
-def caltech_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path):
-    """Write a tiny Caltech .mat (1 = background, column-major rows) and make the loader expect it."""
-    def write(folder: Path, splits: dict[str, np.ndarray] | None = None) -> Path:
-        objects = splits or {"train": arrow(3), "valid": arrow(2), "test": arrow(2)}
-        stored = {key: column_major(1 - objects[s]) for s, (key, _, _) in caltech.SPLITS.items()}
-        path = folder / "caltech101_silhouettes" / caltech.FILE.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(path, {**stored, "train_labels": np.ones((3, 1), np.uint8)})
-        monkeypatch.setattr(caltech, "SPLITS", {s: (key, objects[s].shape[0], "")
-                                                for s, (key, _, _) in caltech.SPLITS.items()})
-        monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename,
-                                                              caltech.FILE.urls, f"md5:{md5(path)}"))
-        return path
-
-    return write
-
-
-def test_caltech_synthetic_upright_and_inverted(caltech_files, tmp_path: Path) -> None:
-    caltech_files(tmp_path / "data")
-    ds = load_dataset("caltech101-silhouettes", tmp_path / "data")
-    assert ds.train.shape == (3, 784) and ds.test.shape == (2, 784)
-    assert torch.equal(ds.train.reshape(3, 28, 28), torch.from_numpy(arrow(3)).float())  # upright, 1 = object
-
-
-@pytest.mark.parametrize("damage, pattern", [
-    ("value", r"train_data has values in \[0, 2\]; expected only 0/1"),
-    ("shape", r"train_data has shape 3x783, expected 3x784"),
-    ("truncate", r"not a readable MATLAB file"),
-    ("md5", r"md5 mismatch"),
-])
-def test_caltech_bad_files(caltech_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str,
-                           pattern: str) -> None:
-    path = caltech_files(tmp_path / "data")
-    if damage in ("value", "shape"):
-        content = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-        content["train_data"] = (content["train_data"][:, :783] if damage == "shape"
-                                 else np.where(content["train_data"] == 1, 2, 0).astype(np.uint8))
-        scipy.io.savemat(path, content)
-    elif damage == "truncate":
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    if damage != "md5":
-        monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename, (),
-                                                              f"md5:{md5(path)}"))
-    else:
-        path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(CorruptDataError) as err:
-        load_dataset("caltech101-silhouettes", tmp_path / "data")
-    message = one_line(err)
-    assert str(path) in message and re.search(pattern, message)
-
-
-# ---- synthetic files: Frey, and the restricted unpickler -----------------------------------------------------------
-
-@pytest.fixture
-def frey_images(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> np.ndarray:
-    """[10, 560] uint8 synthetic faces; the loader is made to expect them (sizes 6 / 2 / 2, content digest)."""
-    x = np.random.default_rng(0).integers(8, 239, size=(10, 560), dtype=np.uint8)
-    monkeypatch.setattr(frey, "SIZES", (6, 2, 2))
-    monkeypatch.setattr(frey, "CONTENT_SHA256", hashlib.sha256(x.tobytes()).hexdigest())
-    return x
-
-
-def write_pickle(path: Path, obj, monkeypatch: pytest.MonkeyPatch, protocol: int = 2) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(obj, protocol=protocol))
-    monkeypatch.setattr(frey, "PICKLE", files.RemoteFile("freyfaces", "freyfaces.pkl", (),
-                                                         f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"))
-    return path
-
-
-@pytest.mark.parametrize("protocol", [0, 2, 4])
-def test_frey_synthetic_pickle_and_mat_agree(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             protocol: int) -> None:
-    write_pickle(tmp_path / "p/freyfaces/freyfaces.pkl", [frey_images], monkeypatch, protocol)
-    (tmp_path / "m/freyfaces").mkdir(parents=True)
-    scipy.io.savemat(tmp_path / "m/freyfaces/frey_rawface.mat", {"ff": frey_images.T})
-    a, b = load_dataset("frey-faces", tmp_path / "p", split_seed=5), load_dataset("frey-faces", tmp_path / "m",
-                                                                                 split_seed=5)
-    order = seeded_permutation(10, 5)
-    expected = torch.from_numpy(frey_images[order]).float() / 255  # [10, 560]
-    for ds in (a, b):
-        assert torch.equal(torch.cat([ds.train, ds.valid, ds.test]), expected)
-        assert (ds.train.shape[0], ds.valid.shape[0], ds.test.shape[0]) == (6, 2, 2)
-
-
-class _Writes:
-    """Loading this pickle would create `path` (via the global named by `how`)."""
-
-    def __init__(self, path: Path, how: str) -> None:
-        self.path, self.how = path, how
-
-    def __reduce__(self):
-        if self.how == "open":
-            return builtins.open, (str(self.path), "w")
-        return os.system, (f"touch {self.path}",)
-
-
-@pytest.mark.parametrize("how", ["open", "system"])
-@pytest.mark.parametrize("protocol", [0, 4])
-def test_malicious_pickle_is_refused_and_never_runs(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    how: str, protocol: int) -> None:
-    target = tmp_path / "pwned"
-    path = write_pickle(tmp_path / "data/freyfaces/freyfaces.pkl", [frey_images, _Writes(target, how)],
-                        monkeypatch, protocol)
-    with pytest.raises(CorruptDataError) as err:
-        load_dataset("frey-faces", tmp_path / "data")
-    message = one_line(err)
-    assert str(path) in message and "not allowed" in message
-    assert ("open" if how == "open" else ".system") in message
-    assert not target.exists()
-
-
-def test_other_numpy_globals_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "x.pkl"
-    path.write_bytes(pickle.dumps(np.load))
-    with pytest.raises(CorruptDataError, match="numpy.*load, which is not allowed"):
-        pickles.load_arrays(path)
-
-
-@pytest.mark.parametrize("damage, pattern", [
-    ("truncate", "not a readable pickle"),
-    ("range", r"has values in \[0, 300\]; expected integer values 0..255"),
-    ("shape", "has shape 10x559, expected 10x560"),
-    ("content", "content sha256 mismatch"),
-    ("bytes", "sha256 mismatch"),
-])
-def test_frey_bad_files(frey_images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str,
-                        pattern: str) -> None:
-    x = {"shape": frey_images[:, :559], "content": 255 - frey_images}.get(damage, frey_images)
-    if damage == "range":
-        x = frey_images.astype(np.int64)
-        x[0, 0], x[0, 1] = 300, 0
-    path = write_pickle(tmp_path / "data/freyfaces/freyfaces.pkl", [x], monkeypatch)
-    if damage == "truncate":
-        path.write_bytes(path.read_bytes()[:100])
-        monkeypatch.setattr(frey, "PICKLE", files.RemoteFile("freyfaces", "freyfaces.pkl", (), ""))
-    if damage == "bytes":
-        path.write_bytes(pickle.dumps([frey_images], protocol=4))  # same content, other bytes than pinned
-    with pytest.raises(CorruptDataError) as err:
-        load_dataset("frey-faces", tmp_path / "data")
-    message = one_line(err)
-    assert str(path) in message and re.search(pattern, message), message
-
-
-# ---- synthetic files: Omniglot ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def omniglot_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path):
-    """chardata.mat in the IWAE layout (data 784 x N, testdata 784 x M, float64 in [0, 1]) with 12 / 4 images."""
-    rng = np.random.default_rng(1)
-    train, test = rng.random((12, 28, 28)), rng.random((4, 28, 28))  # upright [N, 28, 28]
-    train[:, 0, :] = 1.0  # a bright top row: orientation shows
-
-    def write(folder: Path, data: np.ndarray = train) -> Path:
-        path = folder / "omniglot" / "chardata.mat"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(path, {"data": column_major(data).T, "testdata": column_major(test).T,
-                                "target": np.zeros((50, 12)), "testtarget": np.zeros((50, 4))})
-        monkeypatch.setattr(omniglot, "SIZES", {"data": data.shape[0], "testdata": 4})
-        monkeypatch.setattr(omniglot, "VALID_SIZE", 3)
-        monkeypatch.setattr(omniglot, "FILE", files.RemoteFile(
-            "omniglot", "chardata.mat", omniglot.FILE.urls, f"git-blob:{files.git_blob_sha1(path.read_bytes())}"))
-        return path
-
-    return write, train, test
-
-
-def test_omniglot_synthetic(omniglot_file, tmp_path: Path) -> None:
-    write, train, test = omniglot_file
-    write(tmp_path / "data")
-    ds = load_dataset("omniglot", tmp_path / "data")
-    assert ds.kind == "grayscale" and ds.dynamic
-    order = np.random.RandomState(123).permutation(12)  # the IWAE code's fixed permutation
-    expected = torch.from_numpy(train[order].reshape(12, 784)).float()  # [12, 784]
-    assert torch.equal(ds.train, expected[:9]) and torch.equal(ds.valid, expected[9:])
-    assert torch.equal(ds.test, torch.from_numpy(test.reshape(4, 784)).float())
-    assert bool((ds.train.reshape(-1, 28, 28)[:, 0, :] == 1).all())  # the bright row is the top row
-
-
-def test_omniglot_bad_values_and_blob(omniglot_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write, train, _ = omniglot_file
-    path = write(tmp_path / "data", train * 2)
-    with pytest.raises(CorruptDataError) as err:
-        load_dataset("omniglot", tmp_path / "data")
-    assert str(path) in one_line(err) and "expected values in [0, 1]" in str(err.value)
-    write(tmp_path / "data")
-    path.write_bytes(path.read_bytes()[:-1] + b"x")
-    with pytest.raises(ChecksumError, match="git-blob mismatch"):
-        load_dataset("omniglot", tmp_path / "data")
-
-
 # ---- one convention for dynamically binarized sets ---------------------------------------------------------------
 
 def test_fashion_follows_mnist_dynamic(synth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -450,7 +230,7 @@ def test_run_on_bad_data_is_exit_2_and_writes_nothing(caltech_files, frey_images
     data = tmp_path / "data"
     if dataset == "frey-faces":
         target = tmp_path / "pwned"
-        write_pickle(data / "freyfaces/freyfaces.pkl", [frey_images, _Writes(target, "system")], monkeypatch)
+        write_pickle(data / "freyfaces/freyfaces.pkl", [frey_images, Writes(target, "system")], monkeypatch)
     else:
         path = caltech_files(data)
         path.write_bytes(path.read_bytes()[:200])
