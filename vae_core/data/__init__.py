@@ -18,7 +18,8 @@ from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, KINDS, DatasetS
 
 __all__ = [
     "DATASETS", "DEFAULT_SPLIT_SEED", "KINDS", "ChecksumError", "CorruptDataError", "DataError", "Dataset",
-    "DatasetSpec", "DownloadError", "MissingDataError", "binarize", "get_spec", "cache_dir", "check_data_dir", "data_dirs", "load_dataset", "load_mnist_test", "offline_from_env",
+    "DatasetSpec", "DownloadError", "MissingDataError", "binarize", "cache_dir", "check_data_dir", "data_dirs",
+    "get_spec", "load_dataset", "load_mnist_test", "offline_from_env",
 ]
 
 

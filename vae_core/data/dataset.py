@@ -10,6 +10,11 @@ import numpy as np
 import torch
 
 
+DEFAULT_SPLIT_SEED = 123
+"""`data.split_seed`'s default: the seed of the IWAE code's Omniglot permutation and of the Sylvester-flow code's
+Frey Faces shuffle (datasets with published splits ignore it)."""
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Train/valid/test images as [N, H*W] float32 (pixels row-major), with provenance.

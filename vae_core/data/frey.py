@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from vae_core.data import formats, pickles
-from vae_core.data.dataset import Dataset, combined_digest, images_tensor, seeded_permutation
+from vae_core.data.dataset import (DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor,
+                                   seeded_permutation)
 from vae_core.data.errors import ChecksumError, CorruptDataError
 from vae_core.data.files import FIX, RemoteFile, load_file, locate
 
@@ -69,7 +70,7 @@ def split(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return shuffled[:n_train], shuffled[n_train:n_train + n_valid], shuffled[n_train + n_valid:]
 
 
-def load(dirs: Sequence[Path], download: bool = False, split_seed: int = 123) -> Dataset:
+def load(dirs: Sequence[Path], download: bool = False, split_seed: int = DEFAULT_SPLIT_SEED) -> Dataset:
     """frey-faces: 8-bit images as float32 v / 255, split by `split_seed`."""
     x, path = read(dirs, download)
     train, valid, test = (images_tensor(part, 255.0) for part in split(x, split_seed))

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from vae_core.data import formats
-from vae_core.data.dataset import Dataset, combined_digest, images_tensor, seeded_permutation
+from vae_core.data.dataset import (DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor,
+                                   seeded_permutation)
 from vae_core.data.files import RemoteFile, load_file
 
 NAME = "omniglot"
@@ -46,7 +47,7 @@ def decode(path: Path, where: str) -> dict[str, np.ndarray]:
     return out
 
 
-def load(dirs: Sequence[Path], download: bool = False, split_seed: int = 123) -> Dataset:
+def load(dirs: Sequence[Path], download: bool = False, split_seed: int = DEFAULT_SPLIT_SEED) -> Dataset:
     """omniglot: 23,000 / 1,345 / 8,070 grayscale images in [0, 1]."""
     arrays, path = load_file(FILE, dirs, download, decode)
     train = arrays["data"][seeded_permutation(arrays["data"].shape[0], split_seed)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vae_core.data import binarized, caltech, frey, mnist, omniglot
-from vae_core.data.dataset import Dataset
+from vae_core.data.dataset import DEFAULT_SPLIT_SEED, Dataset  # noqa: F401  (re-exported beside DATASETS)
 from vae_core.data.errors import DataError
 
 KINDS: dict[str, tuple[str, ...]] = {
@@ -21,11 +21,6 @@ KINDS: dict[str, tuple[str, ...]] = {
     "8bit": ("discretized-logistic",),  # v / 255, v an integer in 0..255
 }
 """Data kind -> the `model.likelihood` values that fit it, the first the default."""
-
-DEFAULT_SPLIT_SEED = 123
-"""`data.split_seed`'s default: the seed of the IWAE code's Omniglot permutation and of the Sylvester-flow code's
-Frey Faces shuffle (datasets with published splits ignore it)."""
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
