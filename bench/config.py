@@ -11,9 +11,10 @@ from typing import Any
 
 from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
-from vae_core.data.sources import MNIST_VALID_SIZE
+from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, train_examples
 
-TRAIN_EXAMPLES = {"binarized-mnist": 50_000, "mnist-dynamic": 60_000 - MNIST_VALID_SIZE}
+TRAIN_EXAMPLES = train_examples()
+"""Training-set size per dataset, from the dataset registry (the runner checks the loaded set against it)."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = choice("binarized-mnist", ("binarized-mnist", "mnist-dynamic"))
+    dataset: str = choice("binarized-mnist", tuple(DATASETS))
     max_eval_images: int = 0
     eval_subset_seed: int = 1234
     eval_batch_size: int = 500
+    split_seed: int = DEFAULT_SPLIT_SEED  # orders the images of datasets without a published split (frey, omniglot)
 
     def __post_init__(self) -> None:
         if self.max_eval_images < 0:

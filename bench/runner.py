@@ -79,7 +79,7 @@ def eval_subset(x: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
 
 
 def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> RunData:
-    ds = load_dataset(cfg.data.dataset, data_dir)
+    ds = load_dataset(cfg.data.dataset, data_dir, split_seed=cfg.data.split_seed)
     d = cfg.data
     expected = TRAIN_EXAMPLES[d.dataset]
     if cfg.train.counts_epochs and ds.train.shape[0] != expected:

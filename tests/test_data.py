@@ -53,7 +53,8 @@ def parse_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_registry_matches_published_digests() -> None:
     assert {s: spec.sha256 for s, spec in sources.BINARIZED_SPLITS.items()} == README_DIGESTS
     assert {k: spec.md5_gz for k, spec in sources.IDX_FILES.items()} == TORCHVISION_MD5
-    assert DATASETS == ("binarized-mnist", "mnist-dynamic")
+    assert tuple(DATASETS) == ("binarized-mnist", "mnist-dynamic", "caltech101-silhouettes", "fashion-mnist",
+                               "frey-faces", "omniglot")
 
 
 def test_binarized_shapes_dtypes_values(binarized_mnist) -> None:

@@ -127,7 +127,8 @@ DEFAULTS_SNAPSHOT = {'model': {'data_dim': 784,
            'eval_every_epochs': 0,
            'kl_warmup_epochs': 0,
            'patience_epochs': 0},
- 'data': {'dataset': 'binarized-mnist', 'max_eval_images': 0, 'eval_subset_seed': 1234, 'eval_batch_size': 500},
+ 'data': {'dataset': 'binarized-mnist', 'max_eval_images': 0, 'eval_subset_seed': 1234, 'eval_batch_size': 500,
+          'split_seed': 123},
  'eval': {'iw_samples': 1000, 'valid_iw_samples': 5, 'elbo_samples': 1}}
 
 

@@ -88,7 +88,8 @@ def from_dict(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
         value = _coerce(value, hints[key], where + key)
         choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"'{where}{key}' must be one of {', '.join(map(repr, choices))}; got {value!r}")
+            hint = suggest(value, map(str, choices)) if isinstance(value, str) else ""
+            raise ConfigError(f"'{where}{key}' must be one of {', '.join(map(repr, choices))}; got {value!r}{hint}")
         kwargs[key] = value
     try:
         return cls(**kwargs)

@@ -12,9 +12,9 @@ import torch
 from vae_core.data import formats, sources
 from vae_core.data.cache import decoded_path, load_packed, save_packed
 from vae_core.data.dataset import Dataset, combined_digest
-from vae_core.data.download import fetch
 from vae_core.data.errors import ChecksumError, CorruptDataError
-from vae_core.data.paths import cache_dir, find_file, missing_error
+from vae_core.data.files import obtain
+from vae_core.data.paths import cache_dir, find_file
 
 NAME = "binarized-mnist"
 SPLITS = ("train", "valid", "test")
@@ -45,20 +45,6 @@ def decode_split(path: Path, spec: sources.AmatSpec, where: str | None = None) -
     return x
 
 
-def _download(spec: sources.AmatSpec) -> Path:
-    dest = cache_dir() / sources.BINARIZED_SUBDIR / spec.filename
-    urls = [base + spec.filename for base in sources.binarized_mirrors()]
-
-    def verify(tmp: Path, url: str) -> None:
-        decode_split(tmp, spec, url)
-
-    return fetch(urls, dest, verify)
-
-
-def _in_cache(path: Path) -> bool:
-    return path.resolve().is_relative_to(cache_dir().resolve())
-
-
 def locate_split(split: str, dirs: Sequence[Path]) -> Path | None:
     """Where the file of `split` is found first, or None."""
     return find_file(candidates(sources.BINARIZED_SPLITS[split].filename), dirs)
@@ -67,19 +53,9 @@ def locate_split(split: str, dirs: Sequence[Path]) -> Path | None:
 def load_split(split: str, dirs: Sequence[Path], download: bool = False) -> tuple[np.ndarray, Path]:
     """One verified split as a uint8 array and the file it came from; downloads into the cache if allowed."""
     spec = sources.BINARIZED_SPLITS[split]
-    path = locate_split(split, dirs)
-    if path is None:
-        if not download:
-            raise missing_error(f"{spec.filename}(.gz)", _LAYOUT, dirs)
-        path = _download(spec)
-    try:
-        return decode_split(path, spec), path
-    except CorruptDataError:
-        if not (download and _in_cache(path)):
-            raise
-        path.unlink(missing_ok=True)
-        path = _download(spec)
-        return decode_split(path, spec), path
+    return obtain(candidates(spec.filename), dirs, download, cache_dir() / sources.BINARIZED_SUBDIR / spec.filename,
+                  lambda: [base + spec.filename for base in sources.binarized_mirrors()],
+                  lambda path, where: decode_split(path, spec, where), f"{spec.filename}(.gz)", _LAYOUT)
 
 
 def load_test_labels(dirs: Sequence[Path]) -> tuple[np.ndarray, Path] | None:
@@ -110,7 +86,7 @@ def load(dirs: Sequence[Path], download: bool = False) -> Dataset:
     return Dataset(
         name=NAME, train=arrays["train"], valid=arrays["valid"], test=arrays["test"],
         test_labels=None if labels is None else torch.from_numpy(labels[0]),
-        dynamic=False,
+        dynamic=False, kind="binary", image_shape=(28, 28),
         digest=combined_digest(NAME, [sources.BINARIZED_SPLITS[s].sha256 for s in SPLITS]),
         source="; ".join(folders),
     )

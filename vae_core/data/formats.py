@@ -123,3 +123,42 @@ def read_labels(path: Path, classes: int = 10) -> np.ndarray:
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise CorruptDataError(f"{path}: labels outside 0..{classes - 1}")
     return labels
+
+
+def read_mat(path: Path, keys: tuple[str, ...], where: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays `keys` of a MATLAB (v4-v7) file; a file scipy cannot parse, or one lacking a key, is a
+    CorruptDataError naming the file."""
+    import scipy.io  # imported here: only the .mat datasets need scipy
+
+    where = where or str(path)
+    try:
+        content = scipy.io.loadmat(path, variable_names=list(keys))
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, NotImplementedError, zlib.error,
+            scipy.io.matlab.MatReadError) as err:
+        raise CorruptDataError(f"{where}: not a readable MATLAB file ({type(err).__name__}: {err}); "
+                               f"delete it and fetch it again") from err
+    missing = [k for k in keys if k not in content or not isinstance(content[k], np.ndarray)]
+    if missing:
+        raise CorruptDataError(f"{where}: MATLAB file lacks the array(s) {', '.join(missing)}")
+    return {k: content[k] for k in keys}
+
+
+def check_images(x: np.ndarray, rows: int | None, pixels: int, values: str, where: str, key: str) -> None:
+    """CorruptDataError unless `x` is [rows, pixels] (rows None: any) with `values` "binary" ({0, 1}),
+    "unit" (within [0, 1]) or "uint8" (integers 0..255)."""
+    if x.ndim != 2 or x.shape[1] != pixels or (rows is not None and x.shape[0] != rows):
+        expected = f"{rows if rows is not None else 'N'}x{pixels}"
+        raise CorruptDataError(f"{where}: {key} has shape {'x'.join(map(str, x.shape))}, expected {expected}")
+    if not x.size:
+        return
+    if values == "binary":
+        bad = not np.isin(x, (0, 1)).all()
+        expected = "only 0/1 values"
+    elif values == "unit":
+        bad = not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1)
+        expected = "values in [0, 1]"
+    else:
+        bad = not (x.dtype == np.uint8 or (np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= 255))
+        expected = "integer values 0..255"
+    if bad:
+        raise CorruptDataError(f"{where}: {key} has values in [{x.min()}, {x.max()}]; expected {expected}")

@@ -1,4 +1,5 @@
-"""A non-raising survey of every dataset file, for `vaebench data`: where it is, its shape, mean and status."""
+"""A non-raising survey of every dataset, for `vaebench data`: its files (where, shape, mean, checksum status)
+and, per registry entry, its split sizes and pixel mean once loaded."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_core.data import binarized, mnist, sources
+from vae_core.data import binarized, mnist
 from vae_core.data.errors import ChecksumError, DataError, MissingDataError
 from vae_core.data.paths import data_dirs
+from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, DatasetSpec
+
+IDX_DATASETS = {"mnist-dynamic": mnist.MNIST, "fashion-mnist": mnist.FASHION}
+"""Registry entries whose files are surveyed (and downloaded) one IDX file at a time."""
 
 
 @dataclass(frozen=True)
@@ -25,11 +30,27 @@ class Entry:
     detail: str = ""
 
 
-def _failed(dataset: str, item: str, path: Path | None, err: DataError) -> Entry:
+@dataclass(frozen=True)
+class Summary:
+    """One registry dataset as loaded here: split sizes, training pixel mean, folder(s); `status` as Entry's."""
+
+    spec: DatasetSpec
+    splits: tuple[int, int, int] | None
+    mean: float | None
+    source: str
+    status: str
+    detail: str = ""
+
+
+def _status(err: DataError) -> str:
     if isinstance(err, MissingDataError):
-        return Entry(dataset, item, None, None, None, "missing", str(err))
-    status = "mismatch" if isinstance(err, ChecksumError) else "corrupt"
-    return Entry(dataset, item, path, None, None, status, str(err))
+        return "missing"
+    return "mismatch" if isinstance(err, ChecksumError) else "corrupt"
+
+
+def _failed(dataset: str, item: str, path: Path | None, err: DataError) -> Entry:
+    status = _status(err)
+    return Entry(dataset, item, None if status == "missing" else path, None, None, status, str(err))
 
 
 def _binarized_entries(dirs: list[Path]) -> list[Entry]:
@@ -52,29 +73,45 @@ def _binarized_entries(dirs: list[Path]) -> list[Entry]:
     return entries
 
 
-def _mnist_entries(dirs: list[Path]) -> list[Entry]:
+def _idx_entries(family: mnist.IdxFamily, dirs: list[Path]) -> list[Entry]:
     entries = []
-    for key, spec in sources.IDX_FILES.items():
+    for key, spec in family.files().items():
         try:
-            f = mnist.load_idx(key, dirs)
+            f = mnist.load_idx(key, dirs, family=family)
         except DataError as err:
-            entries.append(_failed("mnist-grayscale", spec.filename, mnist.locate_idx(key, dirs), err))
+            entries.append(_failed(family.label, spec.filename, mnist.locate_idx(key, dirs, family), err))
             continue
         mean = float(f.array.mean(dtype=np.float64)) / 255.0 if f.array.ndim == 3 else None
         status = "ok" if f.check != "unverified" else "unverified"
-        entries.append(Entry("mnist-grayscale", spec.filename, f.path, tuple(f.array.shape), mean, status,
+        entries.append(Entry(family.label, spec.filename, f.path, tuple(f.array.shape), mean, status,
                              f"checked by {f.check}"))
     return entries
 
 
 def inventory(data_dir: str | Path | None = None) -> list[Entry]:
-    """Every known file, loaded and verified (binarized splits via the decoded cache); never raises DataError."""
+    """Every file of binarized MNIST and of the IDX datasets, loaded and verified; never raises DataError."""
     dirs = data_dirs(data_dir)
-    return _binarized_entries(dirs) + _mnist_entries(dirs)
+    return _binarized_entries(dirs) + [e for family in IDX_DATASETS.values() for e in _idx_entries(family, dirs)]
+
+
+def summarize(spec: DatasetSpec, dirs: list[Path], split_seed: int = DEFAULT_SPLIT_SEED) -> Summary:
+    """`spec` loaded from `dirs` (no download): its sizes and training pixel mean, or why it did not load."""
+    try:
+        ds = spec.load(dirs, False, split_seed)
+    except DataError as err:
+        return Summary(spec, None, None, "", _status(err), str(err))
+    sizes = (ds.train.shape[0], ds.valid.shape[0], ds.test.shape[0])
+    return Summary(spec, sizes, float(ds.train.double().mean()), ds.source, "ok")
+
+
+def summaries(data_dir: str | Path | None = None) -> list[Summary]:
+    """Every registry dataset, in registry order; never raises DataError."""
+    dirs = data_dirs(data_dir)
+    return [summarize(spec, dirs) for spec in DATASETS.values()]
 
 
 def fetch_missing(data_dir: str | Path | None = None) -> list[DataError]:
-    """Download every missing file of both datasets into the cache; returns the failures instead of raising."""
+    """Download every missing file of every dataset into the cache; returns the failures instead of raising."""
     dirs = data_dirs(data_dir)
     failures: list[DataError] = []
     for split in binarized.SPLITS:
@@ -82,9 +119,17 @@ def fetch_missing(data_dir: str | Path | None = None) -> list[DataError]:
             binarized.load_split(split, dirs, download=True)
         except DataError as err:
             failures.append(err)
-    for key in sources.IDX_FILES:
+    for family in IDX_DATASETS.values():
+        for key in family.files():
+            try:
+                mnist.load_idx(key, dirs, download=True, family=family)
+            except DataError as err:
+                failures.append(err)
+    for spec in DATASETS.values():
+        if spec.name in IDX_DATASETS or spec.name == binarized.NAME:
+            continue
         try:
-            mnist.load_idx(key, dirs, download=True)
+            spec.load(dirs, True, DEFAULT_SPLIT_SEED)
         except DataError as err:
             failures.append(err)
     return failures

@@ -1,9 +1,13 @@
-"""Grayscale MNIST from IDX files (torchvision layout): the test set, and mnist-dynamic for dynamic binarization."""
+"""IDX datasets in torchvision's layout: grayscale MNIST (its test set, and mnist-dynamic) and Fashion-MNIST.
+
+Both are grayscale, dynamically binarized in training: the last `valid_size` training images are the validation
+split, t10k the test split (the runner binarizes validation and test once, with a fixed seed).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +16,31 @@ import torch
 
 from vae_core.data import formats, sources
 from vae_core.data.dataset import Dataset, combined_digest
-from vae_core.data.download import fetch
 from vae_core.data.errors import ChecksumError, CorruptDataError
-from vae_core.data.paths import cache_dir, find_file, missing_error
+from vae_core.data.files import FIX as _FIX
+from vae_core.data.files import obtain
+from vae_core.data.paths import cache_dir, find_file
 
 NAME = "mnist-dynamic"
-_LAYOUT = f"{sources.MNIST_SUBDIR}/<file> or <file>"
-_FIX = "delete it and run `vaebench data --download`, or point --data-dir / VAEBENCH_DATA at a good copy"
+
+
+@dataclass(frozen=True)
+class IdxFamily:
+    """A set of IDX files under one folder: its tables are looked up at call time (tests swap them)."""
+
+    label: str  # as listed by `vaebench data`
+    subdir: str
+    files: Callable[[], dict[str, sources.IdxSpec]]
+    mirrors: Callable[[], list[str]]
+
+    @property
+    def layout(self) -> str:
+        return f"{self.subdir}/<file> or <file>"
+
+
+MNIST = IdxFamily("mnist-grayscale", sources.MNIST_SUBDIR, lambda: sources.IDX_FILES, sources.mnist_mirrors)
+FASHION = IdxFamily("fashion-mnist", sources.FASHION_SUBDIR, lambda: sources.FASHION_IDX_FILES,
+                    sources.fashion_mirrors)
 
 
 @dataclass(frozen=True)
@@ -31,10 +53,9 @@ class IdxFile:
     check: str
 
 
-def candidates(filename: str) -> list[str]:
+def candidates(filename: str, subdir: str = sources.MNIST_SUBDIR) -> list[str]:
     """Relative paths tried inside each data folder, gzipped first (its published md5 can be checked)."""
-    sub = sources.MNIST_SUBDIR
-    return [f"{sub}/{filename}.gz", f"{sub}/{filename}", f"{filename}.gz", filename]
+    return [f"{subdir}/{filename}.gz", f"{subdir}/{filename}", f"{filename}.gz", filename]
 
 
 def decode_idx(path: Path, spec: sources.IdxSpec, where: str | None = None) -> IdxFile:
@@ -62,40 +83,18 @@ def decode_idx(path: Path, spec: sources.IdxSpec, where: str | None = None) -> I
     return IdxFile(array, path, sha256, check)
 
 
-def _download(spec: sources.IdxSpec) -> Path:
-    name = spec.filename + ".gz"
-    dest = cache_dir() / sources.MNIST_SUBDIR / name
-
-    def verify(tmp: Path, url: str) -> None:
-        decode_idx(tmp, spec, url)
-
-    return fetch([base + name for base in sources.mnist_mirrors()], dest, verify)
-
-
-def _in_cache(path: Path) -> bool:
-    return path.resolve().is_relative_to(cache_dir().resolve())
-
-
-def locate_idx(key: str, dirs: Sequence[Path]) -> Path | None:
+def locate_idx(key: str, dirs: Sequence[Path], family: IdxFamily = MNIST) -> Path | None:
     """Where the IDX file `key` (e.g. 't10k-images') is found first, or None."""
-    return find_file(candidates(sources.IDX_FILES[key].filename), dirs)
+    return find_file(candidates(family.files()[key].filename, family.subdir), dirs)
 
 
-def load_idx(key: str, dirs: Sequence[Path], download: bool = False) -> IdxFile:
+def load_idx(key: str, dirs: Sequence[Path], download: bool = False, family: IdxFamily = MNIST) -> IdxFile:
     """One verified IDX file; downloads it into the cache if missing (or corrupt in the cache) and allowed."""
-    spec = sources.IDX_FILES[key]
-    path = locate_idx(key, dirs)
-    if path is None:
-        if not download:
-            raise missing_error(f"{spec.filename}(.gz)", _LAYOUT, dirs)
-        path = _download(spec)
-    try:
-        return decode_idx(path, spec)
-    except CorruptDataError:
-        if not (download and _in_cache(path)):
-            raise
-        path.unlink(missing_ok=True)
-        return decode_idx(_download(spec), spec)
+    spec = family.files()[key]
+    name = spec.filename + ".gz"
+    return obtain(candidates(spec.filename, family.subdir), dirs, download, cache_dir() / family.subdir / name,
+                  lambda: [base + name for base in family.mirrors()],
+                  lambda path, where: decode_idx(path, spec, where), f"{spec.filename}(.gz)", family.layout)[0]
 
 
 def _images(x: np.ndarray) -> torch.Tensor:
@@ -109,19 +108,28 @@ def load_test(dirs: Sequence[Path], download: bool = False) -> tuple[torch.Tenso
     return _images(images.array), torch.from_numpy(labels.array.astype(np.int64))
 
 
-def load(dirs: Sequence[Path], download: bool = False) -> Dataset:
-    """mnist-dynamic: the first 60000-V train images for training, the last V for validation, t10k for test."""
-    train = load_idx("train-images", dirs, download)
-    test = load_idx("t10k-images", dirs, download)
-    labels = load_idx("t10k-labels", dirs, download)
-    held_out = sources.MNIST_VALID_SIZE
+def load_grayscale(name: str, family: IdxFamily, held_out: int, dirs: Sequence[Path], download: bool) -> Dataset:
+    """The first N-V train images for training, the last V (`held_out`) for validation, t10k for test."""
+    train = load_idx("train-images", dirs, download, family)
+    test = load_idx("t10k-images", dirs, download, family)
+    labels = load_idx("t10k-labels", dirs, download, family)
     flat = _images(train.array).reshape(train.array.shape[0], -1)
     folders = list(dict.fromkeys(str(f.path.parent) for f in (train, test, labels)))
     return Dataset(
-        name=NAME, train=flat[:-held_out], valid=flat[-held_out:],
+        name=name, train=flat[:-held_out], valid=flat[-held_out:],
         test=_images(test.array).reshape(test.array.shape[0], -1),
         test_labels=torch.from_numpy(labels.array.astype(np.int64)),
-        dynamic=True,
-        digest=combined_digest(NAME, [f.sha256 for f in (train, test, labels)]),
+        dynamic=True, kind="grayscale", image_shape=(28, 28),
+        digest=combined_digest(name, [f.sha256 for f in (train, test, labels)]),
         source="; ".join(folders),
     )
+
+
+def load(dirs: Sequence[Path], download: bool = False) -> Dataset:
+    """mnist-dynamic: 50000 / 10000 (the last training images) / 10000."""
+    return load_grayscale(NAME, MNIST, sources.MNIST_VALID_SIZE, dirs, download)
+
+
+def load_fashion(dirs: Sequence[Path], download: bool = False) -> Dataset:
+    """fashion-mnist: 50000 / 10000 (the last training images) / 10000, as mnist-dynamic."""
+    return load_grayscale("fashion-mnist", FASHION, sources.FASHION_VALID_SIZE, dirs, download)

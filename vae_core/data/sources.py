@@ -73,6 +73,24 @@ IDX_FILES: dict[str, IdxSpec] = {
 MNIST_VALID_SIZE = 10000
 """mnist-dynamic holds out the last this-many training images as the validation split."""
 
+FASHION_SUBDIR = "FashionMNIST/raw"
+FASHION_IDX_FILES: dict[str, IdxSpec] = {  # md5: the dataset's own README; sha256: of the gunzipped files
+    "train-images": IdxSpec("train-images", "train-images-idx3-ubyte", (60000, 28, 28),
+                            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels": IdxSpec("train-labels", "train-labels-idx1-ubyte", (60000,),
+                            "25c81989df183df01b3e8a0aad5dffbe",
+                            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images": IdxSpec("t10k-images", "t10k-images-idx3-ubyte", (10000, 28, 28),
+                           "bef4ecab320f06d8554ea6380940ec79",
+                           "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels": IdxSpec("t10k-labels", "t10k-labels-idx1-ubyte", (10000,),
+                           "bb300cfdad3c16e7a12a480ee83cd310",
+                           "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+FASHION_VALID_SIZE = 10000
+"""fashion-mnist holds out the last this-many training images as the validation split (as mnist-dynamic)."""
+
 BINARIZED_MNIST_MIRRORS: tuple[str, ...] = (
     "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
 )
@@ -81,9 +99,14 @@ MNIST_MIRRORS: tuple[str, ...] = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 
+FASHION_MIRRORS: tuple[str, ...] = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
+
 ENV_MIRROR = "VAEBENCH_MIRROR"
 """One base URL tried before the canonical sources, laid out like a data folder (and the cache):
-`<base>/binarized_mnist/binarized_mnist_{train,valid,test}.amat` and `<base>/MNIST/raw/<name>-ubyte.gz`."""
+`<base>/binarized_mnist/binarized_mnist_{train,valid,test}.amat`, `<base>/MNIST/raw/<name>-ubyte.gz`,
+`<base>/FashionMNIST/raw/<name>-ubyte.gz`, and each other dataset's `<base>/<subdir>/<file>`."""
 ENV_BINARIZED_MIRRORS = "VAEBENCH_BINARIZED_MNIST_URL"
 ENV_MNIST_MIRRORS = "VAEBENCH_MNIST_MIRRORS"
 ENV_DOWNLOAD_TIMEOUT = "VAEBENCH_DOWNLOAD_TIMEOUT"
@@ -96,7 +119,8 @@ def _mirrors(env: str, default: tuple[str, ...]) -> list[str]:
     return [b if b.endswith("/") else b + "/" for b in bases if b]
 
 
-def _mirror(subdir: str) -> list[str]:
+def mirror_bases(subdir: str) -> list[str]:
+    """$VAEBENCH_MIRROR's base URL for files under `subdir` of a data folder, or none when it is unset."""
     base = os.environ.get(ENV_MIRROR, "").strip()
     return [f"{base.rstrip('/')}/{subdir}/"] if base else []
 
@@ -104,13 +128,13 @@ def _mirror(subdir: str) -> list[str]:
 def binarized_mirrors() -> list[str]:
     """Base URLs for the binarized `.amat` files, in the order to try: $VAEBENCH_MIRROR's, then the defaults
     (or $VAEBENCH_BINARIZED_MNIST_URL's list in their place)."""
-    return _mirror(BINARIZED_SUBDIR) + _mirrors(ENV_BINARIZED_MIRRORS, BINARIZED_MNIST_MIRRORS)
+    return mirror_bases(BINARIZED_SUBDIR) + _mirrors(ENV_BINARIZED_MIRRORS, BINARIZED_MNIST_MIRRORS)
 
 
 def mnist_mirrors() -> list[str]:
     """Base URLs for the IDX `.gz` files, in the order to try: $VAEBENCH_MIRROR's, then the defaults (or
     $VAEBENCH_MNIST_MIRRORS's list in their place)."""
-    return _mirror(MNIST_SUBDIR) + _mirrors(ENV_MNIST_MIRRORS, MNIST_MIRRORS)
+    return mirror_bases(MNIST_SUBDIR) + _mirrors(ENV_MNIST_MIRRORS, MNIST_MIRRORS)
 
 
 def download_timeout() -> float:
@@ -119,3 +143,8 @@ def download_timeout() -> float:
         return float(os.environ.get(ENV_DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT_S))
     except ValueError:
         return DOWNLOAD_TIMEOUT_S
+
+
+def fashion_mirrors() -> list[str]:
+    """Base URLs for the Fashion-MNIST `.gz` files: $VAEBENCH_MIRROR's, then the dataset's own."""
+    return mirror_bases(FASHION_SUBDIR) + list(FASHION_MIRRORS)
