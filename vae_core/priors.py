@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vae_core.config import ModelConfig
-from vae_core.distributions import normal_log_prob, std_normal_log_prob
+from vae_core.distributions import HALF_LOG_2PI, normal_log_prob, std_normal_log_prob
 from vae_core.flows import MAFLayer, alternating_orders
 
 
@@ -40,9 +40,55 @@ class StandardNormalPrior(nn.Module):
 
 def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor,
                      scale: torch.Tensor) -> torch.Tensor:
-    """log sum_k w_k N(z; loc_k, scale_k): z [..., D], log_weights [K] normalized, loc/scale [K, D] -> [...]."""
+    """log sum_k w_k N(z; loc_k, diag(scale_k^2)): z [..., D], log_weights [K] normalized, loc/scale [K, D]
+    -> [...], through matrix products (no [..., K, D] term).
+
+    With precision P = 1/scale^2 and a shared centre c, the squared distances are
+    sum_d (z_d - mu_kd)^2 P_kd = (z'^2) P^T - 2 z' (mu' * P)^T + sum_d mu'_kd^2 P_kd   ([N, D] x [D, K] -> [N, K])
+    with z' = z - c and mu' = mu - c: any c gives the same value in exact arithmetic. Expanded, the square
+    cancels: its three terms are each as large as S_k(z) = sum_d ((z_d - c_d)^2 + (mu_kd - c_d)^2) P_kd while
+    their sum is only the squared distance. Centring on c = the component means' centre (mean over k, no
+    gradient: c cancels) keeps S small when the components and the codes sit together far from the origin, a
+    latent offset the expanded square would otherwise pay for as |z|^2 P; the direct form is not kept as a
+    second path, since deciding per sample would break the single graph (vmap, compile) it is fast in.
+
+    float32 error bound (first order in u = eps / 2 = 2^-24, IEEE arithmetic with dot products and GEMMs
+    within the standard gamma_D bound, i.e. no TF32 or bf16 matmuls: autocast is off in here). Per
+    component the computed log-term a_k = log w_k - sum_d log s_kd - D log(2 pi) / 2 - Q_k / 2 is off by
+        Delta_k(z) <= (D + 8) u S_k(z) + (D + 5) u N_k + u |a_k - max_j a_j|,
+        N_k = |log w_k| + sum_d |log s_kd| + D log(2 pi) / 2,
+    and the result by |log p^ - log p| <= log sum_k pi_k exp(Delta_k) + (K + 4 + log K) u + u |log p|, with
+    pi_k(z) the exact responsibilities. When one component dominates this is about (D + 8) u S_k(z) for
+    it: relative to float32 eps, (D / 2 + 4) eps sum_d (|z_d - c_d|^2 + |mu_kd - c_d|^2) / s_kd^2 nats. The
+    direct form's error scales with the squared distance (z - mu)^2 P instead; the two agree where the codes
+    lie within a few scales of c, and the bound grows where components spread far apart relative to their
+    scales (e.g. mu ~ +-1e3 with scales 1e-3 in float32; use float64 there). `mixture_log_prob_direct` is the
+    reference (tests, float64).
+    """
+    dim = z.shape[-1]
+    with torch.autocast(z.device.type, enabled=False):
+        centre = loc.detach().mean(0)  # [D]
+        zc = (z - centre).reshape(-1, dim)  # [N, D]
+        mc = loc - centre  # [K, D]
+        precision = scale.square().reciprocal()  # [K, D]
+        weighted = mc * precision  # [K, D]
+        log_norm = log_weights - scale.log().sum(-1) - dim * HALF_LOG_2PI - 0.5 * (mc * weighted).sum(-1)  # [K]
+        terms = torch.addmm(torch.addmm(log_norm, zc, weighted.T), zc.square(), precision.T, alpha=-0.5)  # [N, K]
+        return torch.logsumexp(terms, dim=-1).reshape(z.shape[:-1])
+
+
+def mixture_log_prob_direct(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor,
+                            scale: torch.Tensor) -> torch.Tensor:
+    """`mixture_log_prob` computed directly, every sample against every component ([..., K, D] terms): the
+    reference for tests and benchmarks (float64), not a production path."""
     per_component = normal_log_prob(z.unsqueeze(-2), loc, scale)  # [..., K]
     return torch.logsumexp(per_component + log_weights, dim=-1)
+
+
+def mixture_floats_per_sample(components: int, dim: int) -> int:
+    """Floats `mixture_log_prob` holds per sample at its peak (sizes IW chunks): two [N, K] terms (the GEMM's
+    output and its input, then logsumexp's shifted copy) and the centred z and its square [N, D]."""
+    return 2 * components + 2 * dim
 
 
 def mixture_sample(n: int, log_weights: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
@@ -71,7 +117,7 @@ class MixturePrior(nn.Module):
 
     @property
     def floats_per_sample(self) -> int:
-        return 2 * self.loc.numel()  # the [..., K, D] terms of mixture_log_prob
+        return mixture_floats_per_sample(*self.loc.shape)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return mixture_log_prob(z, *self.components())
@@ -156,7 +202,7 @@ class VampPrior(nn.Module):
 
     @property
     def floats_per_sample(self) -> int:
-        return 2 * self.raw_pseudo_inputs.shape[0] * self.encoder.latent_dim  # [..., K, D] as for the mixture
+        return mixture_floats_per_sample(self.raw_pseudo_inputs.shape[0], self.encoder.latent_dim)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
