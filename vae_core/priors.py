@@ -64,7 +64,7 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tens
     codes and components lie within a few scales of c (K = 500, D = 40, scales 0.1 to 1: 2e-4 nats at most
     against the direct form's 4e-5; the VampPrior protocol at init: 6e-6 for both); the matrix form's error
     grows where components lie far apart relative to their scales (mu ~ +-1e3 with scales 1e-3 defeats
-    float32: use float64 there). `mixture_log_prob_direct` is the reference.
+    float32: such mixtures need float64). `mixture_log_prob_direct` is the reference.
     """
     dim = z.shape[-1]
     with torch.autocast(z.device.type, enabled=False):
