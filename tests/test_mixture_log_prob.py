@@ -31,6 +31,11 @@ def mixture_case(name: str) -> tuple[torch.Tensor, ...]:
         loc = torch.randn(k, d, generator=g, dtype=torch.float64)
         scale = 0.2 + torch.rand(k, d, generator=g, dtype=torch.float64)
         z = torch.randn(3, 4, d, generator=g, dtype=torch.float64) * 1.5
+    elif name == "vamp-sized":  # K = 500, D = 40 (the VampPrior protocol's), scales 0.1 to 1
+        k, d = 500, 40
+        loc = torch.randn(k, d, generator=g, dtype=torch.float64)
+        scale = 0.1 + 0.9 * torch.rand(k, d, generator=g, dtype=torch.float64)
+        z = loc[torch.randint(k, (3, 4), generator=g)] + 0.3 * torch.randn(3, 4, d, generator=g, dtype=torch.float64)
     elif name == "far-cluster":  # 6 components around 1e3 (1e-2 apart), scales ~1e-3, z near them
         k, d = 6, 4
         loc = 1e3 + 1e-2 * torch.randn(k, d, generator=g, dtype=torch.float64)
@@ -58,7 +63,7 @@ def mixture_case(name: str) -> tuple[torch.Tensor, ...]:
     return tuple(t.float().double() for t in (z, log_weights, loc, scale))
 
 
-CASES = ["random", "far-cluster", "one-far-component", "one-dim", "z-far-from-all"]
+CASES = ["random", "vamp-sized", "far-cluster", "one-far-component", "one-dim", "z-far-from-all"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -85,7 +90,18 @@ def float32_error_bound(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.T
                         ) -> torch.Tensor:
     """The bound of `mixture_log_prob`'s docstring on |float32 result - exact| [...], computed in float64:
     log sum_k pi_k exp(Delta_k) + (K + 4 + log K) u + u |log p|, with
-    Delta_k = (D + 8) u S_k + (D + 5) u N_k + u |a_k - max_j a_j|."""
+    Delta_k = (D + 8) u S_k + (D + 7) u N_k + u |a_k - max_j a_j|.
+
+    Derivation (first order in u; x = z - c, m = mu_k - c, p = P_k per dim, A = sum x^2 p, B = sum x m p,
+    C = sum m^2 p; a dot product of D terms errs by (D u) sum |terms|): x and m carry u each, p = 1/s^2 2u;
+    A's terms x^2 p carry 2u + u + 2u, then the dot (D u): (D + 5) u A; B's x (m p): (D + 4) u sum |x m p|;
+    C's m (m p): (D + 5) u C. log_norm = log w - sum log s - D log(2 pi)/2 - C/2: the logs and their sum
+    (D + 1) u sum |log s|, the constant's cast and three subtractions u N each (the last also u C/2). The two
+    addmm additions add u (N + C/2 + |B|) and u (N + C/2 + |B| + A/2). Summed: A/2 and C/2 get (D + 8) u,
+    |x m p| 2 (D + 6) u, N (D + 7) u; A + 2 sum |x m p| + C <= 2 S gives (D + 8) u S. logsumexp: the shift
+    a_k - max errs by u |a_k - max| (inside Delta_k), exp and the K-term sum by (K + 2) u relative, the log and
+    adding the max back by u (log K + 1) and u |log p|. A term-wise error |delta_k| <= Delta_k moves
+    logsumexp by at most log sum_k pi_k exp(Delta_k) (monotone in each a_k; Jensen for the lower side)."""
     k, d = loc.shape
     centre = loc.float().mean(0).double()  # [D], as float32 computes it
     precision = scale.pow(-2)  # [K, D]
@@ -93,7 +109,7 @@ def float32_error_bound(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.T
     n = log_weights.abs() + scale.log().abs().sum(-1) + d * HALF_LOG_2PI  # [K]
     a = normal_log_prob(z[..., None, :], loc, scale) + log_weights  # [..., K] exact log-terms
     log_p = torch.logsumexp(a, -1)  # [...]
-    delta = (d + 8) * U32 * s + (d + 5) * U32 * n + U32 * (a - a.max(-1, keepdim=True).values).abs()
+    delta = (d + 8) * U32 * s + (d + 7) * U32 * n + U32 * (a - a.max(-1, keepdim=True).values).abs()
     log_pi = a - log_p[..., None]
     return torch.logsumexp(log_pi + delta, -1) + (k + 4 + math.log(k)) * U32 + U32 * log_p.abs()
 

@@ -55,7 +55,7 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tens
     float32 error bound (first order in u = eps / 2 = 2^-24; IEEE arithmetic, dot products and GEMMs within
     the standard gamma_D bound, so no TF32 or bf16 matmuls: autocast is off in here). The computed log-term
     a_k = log w_k - sum_d log s_kd - D log(2 pi) / 2 - Q_k / 2 of component k is off by at most
-        Delta_k(z) = (D + 8) u S_k(z) + (D + 5) u N_k + u |a_k - max_j a_j|,
+        Delta_k(z) = (D + 8) u S_k(z) + (D + 7) u N_k + u |a_k - max_j a_j|,
         N_k = |log w_k| + sum_d |log s_kd| + D log(2 pi) / 2,
     and the result by |log p^ - log p| <= log sum_k pi_k exp(Delta_k) + (K + 4 + log K) u + u |log p|, with
     pi_k(z) the exact responsibilities (tests/test_mixture_log_prob.py asserts it). Where one component
