@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
     train, test = benchmark_mnist(_shared_data())
     x = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))[:args.images]]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; protocol {PROTOCOL.name}/vampprior-*.toml")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; code {Path(priors.__file__).parents[1]}; "
+          f"protocol {PROTOCOL.name}/vampprior-*.toml")
     train_s, iw_s = {}, {}
     for prior, form in SIDES:
         torch.manual_seed(0)
