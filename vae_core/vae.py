@@ -99,7 +99,7 @@ class VAE(nn.Module):
     def floats_per_iw_sample(self) -> int:
         """Activations per image and sample of one IW chunk (sizes chunks to a memory budget): the decoder's,
         the Gaussian's, and what the posterior's flow and the prior's log_prob add (a VampPrior with K = 500
-        pseudo-inputs holds a [chunk, B, K, D] term)."""
+        pseudo-inputs holds [chunk, B, K] terms: `mixture_floats_per_sample`)."""
         c = self.config
         per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
         return (c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
