@@ -12,9 +12,8 @@ from typing import Any
 from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
 from vae_core.data.registry import DATASETS
-from vae_core.data.sources import MNIST_VALID_SIZE
 
-TRAIN_EXAMPLES = {"binarized-mnist": 50_000, "mnist-dynamic": 60_000 - MNIST_VALID_SIZE}
+TRAIN_EXAMPLES = {name: spec.splits[0] for name, spec in DATASETS.items()}  # what epochs are counted in
 
 
 @dataclass(frozen=True)
