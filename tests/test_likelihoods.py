@@ -14,7 +14,7 @@ from vae_core.vae import build_vae
 
 VALUES = torch.arange(256, dtype=torch.float64) / 255  # every 8-bit value of a pixel, [256]
 MEANS = (-3.0, 0.0, 1e-9, 0.3, 0.5, 1.0, 4.0)
-LOG_SCALES = (-30.0, -4.5, -2.0, 0.0, 3.0, 30.0)
+LOG_SCALES = (-50.0, -30.0, -4.5, -2.0, 0.0, 3.0, 30.0, 50.0)
 FREY = {"data_dim": 560, "image_shape": [28, 20], "likelihood": "discretized-logistic", "latent_dim": 3,
         "hidden": [16]}
 
