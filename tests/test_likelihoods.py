@@ -149,3 +149,23 @@ def test_run_config_takes_the_shape_from_the_dataset_and_refuses_a_likelihood_th
     with pytest.raises(ConfigError, match="'model.likelihood' = 'discretized-logistic' does not fit dataset "
                                           "'fashion-mnist'"):
         run_config({"likelihood": "discretized-logistic"}, "fashion-mnist")
+
+
+@pytest.mark.parametrize("posterior, prior", [("mean-field", "standard"), ("iaf", "vamp")])
+def test_frey_shaped_runs_train_in_a_stack_exactly_as_alone(float64, one_thread, tmp_path, monkeypatch, posterior,
+                                                            prior):
+    """The training step through the discretized logistic (28x20, 8-bit synthetic data) is vmapped over a stack
+    like the Bernoulli one: each run of a stack of 3 trains as it does alone (tests/test_stacking.py's check)."""
+    from dataclasses import replace
+
+    from bench.train import RunData
+    from tests import test_stacking
+
+    cfgs = [replace(cfg, model=replace(cfg.model, likelihood="discretized-logistic"),
+                    data=replace(cfg.data, dataset="frey-faces"))
+            for cfg in test_stacking.configs(posterior, prior, "adam")]  # data_dim, image_shape from the dataset
+    assert {(c.model.data_dim, c.model.image_shape) for c in cfgs} == {(560, (28, 20))}
+    data = RunData(train=frey_like(40, 0), valid=frey_like(10, 1), test=frey_like(9, 2), dynamic=False,
+                   digest="synthetic")  # [N, 560] each
+    monkeypatch.setattr(test_stacking, "synthetic_data", lambda device="cpu": data)
+    test_stacking.assert_stack_trains_as_alone(cfgs, tmp_path, "cpu")
