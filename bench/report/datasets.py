@@ -16,8 +16,9 @@ def dataset_name(value: object) -> str:
 
 
 def dataset_groups(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """[(dataset, its runs)] in registry order (unknown names after, by name); labels recomputed within each dataset (so a variant
-    is `grid/variant` only when the dataset's own runs span several grids). One group for one dataset."""
+    """[(dataset, its runs)] in registry order (unknown names after, by name), labels recomputed within each
+    dataset (a variant is `grid/variant` only when the dataset's own runs span several grids). Rows without a
+    dataset column form one group named ''."""
     names = runs[DATASET_COLUMN].map(dataset_name) if DATASET_COLUMN in runs.columns else pd.Series(
         "", index=runs.index)
     order = list(DATASETS)
