@@ -145,6 +145,23 @@ def defaults() -> dict[str, dict[str, Any]]:
     return {name: to_dict(cls()) for name, cls in SECTIONS.items()}
 
 
+def model_for_dataset(model: ModelConfig, dataset: str) -> ModelConfig:
+    """The model with data_dim and image_shape taken from the dataset (where left at their 28x28 defaults), or a
+    ConfigError when its shape or likelihood does not fit the dataset (Bernoulli on 8-bit data, say)."""
+    spec = DATASETS[dataset]
+    height, width = spec.image_shape
+    default = ModelConfig.__dataclass_fields__
+    if model.data_dim == default["data_dim"].default and model.image_shape == default["image_shape"].default:
+        model = replace(model, data_dim=height * width, image_shape=spec.image_shape)
+    if model.image_shape != spec.image_shape:
+        raise ConfigError(f"'model.image_shape' = {list(model.image_shape)} does not fit dataset {dataset!r} "
+                          f"({height}x{width} images)")
+    if model.likelihood not in spec.likelihoods:
+        raise ConfigError(f"'model.likelihood' = {model.likelihood!r} does not fit dataset {dataset!r} "
+                          f"({spec.kind} data); use {' or '.join(map(repr, spec.likelihoods))}")
+    return model
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run: plain data, fully resolved. `run_id` = readable prefix + hash of the resolved sections."""
@@ -158,6 +175,7 @@ class RunConfig:
     eval: EvalConfig
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", model_for_dataset(self.model, self.data.dataset))
         object.__setattr__(self, "train", self.train.in_steps(self.data.dataset))
         if self.train.objective == "iwae" and self.model.kl != "mc":
             raise ConfigError("'train.objective' = 'iwae' needs 'model.kl' = 'mc' (the bound needs per-sample "

@@ -171,8 +171,15 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
         row.update(data_digest=data.digest, eval_images=data.test.shape[0])
     if test is not None:
         row.update(test_elbo=test["elbo"], test_iw_log_px=test["iw_log_px"],
-                   test_reconstruction=test["reconstruction"], test_kl=test["kl"])
+                   test_reconstruction=test["reconstruction"], test_kl=test["kl"],
+                   test_iw_bits_per_dim=bits_per_dim(test["iw_log_px"], run.cfg.model.data_dim),
+                   test_elbo_bits_per_dim=bits_per_dim(test["elbo"], run.cfg.model.data_dim))
     return row
+
+
+def bits_per_dim(log_px: float, data_dim: int) -> float:
+    """-log p(x) in bits per pixel: -log_px / (data_dim ln 2), from nats per image."""
+    return -log_px / (data_dim * math.log(2.0))
 
 
 def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: datetime, wall: float,
@@ -180,8 +187,8 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
     """The flat result row: identity, main config values, figures, provenance, every dotted config key."""
     m, t = cfg.model, cfg.train
     nan_cols = ("steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px",
-                "test_reconstruction", "test_kl", "train_examples_per_s", "train_seconds", "eval_seconds",
-                "eval_images")
+                "test_reconstruction", "test_kl", "test_iw_bits_per_dim", "test_elbo_bits_per_dim",
+                "train_examples_per_s", "train_seconds", "eval_seconds", "eval_images")
     row = {
         "run_id": cfg.run_id, "grid": cfg.grid, "variant": cfg.variant, "posterior": m.posterior,
         "prior": m.prior, "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,

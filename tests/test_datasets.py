@@ -236,7 +236,9 @@ def test_run_on_bad_data_is_exit_2_and_writes_nothing(caltech_files, frey_images
         path.write_bytes(path.read_bytes()[:200])
         monkeypatch.setattr(caltech, "FILE", files.RemoteFile(caltech.FILE.subdir, caltech.FILE.filename, (), ""))
     grid = tmp_path / "g.toml"
-    grid.write_text(TINY_GRID + f'[data]\ndataset = "{dataset}"\n')
+    likelihood = "discretized-logistic" if dataset == "frey-faces" else "bernoulli"
+    grid.write_text(TINY_GRID.replace("[model]\n", f'[model]\nlikelihood = "{likelihood}"\n')
+                    + f'[data]\ndataset = "{dataset}"\n')
     results = tmp_path / "results"
     res = _cli("run", "--grid", str(grid), "--results", str(results), "--data-dir", str(data), "--offline")
     assert res.exit_code == 2, res.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -106,16 +107,17 @@ def test_report_of_only_completed_reproductions_has_no_benchmark_sections(tmp_pa
 @pytest.mark.parametrize("path", REPRODUCE, ids=[p.stem for p in REPRODUCE])
 def test_every_reproduce_config_has_a_published_entry_and_two_seeds(path):
     runs = load_grid(path)
-    published = {(p.grid, p.variant) for p in PUBLISHED}
-    assert {(r.grid, r.variant) for r in runs} <= published
+    published = {(p.grid, p.variant): p for p in PUBLISHED}
+    assert {(r.grid, r.variant) for r in runs} <= set(published)
     assert len({r.train.seed for r in runs}) >= 2
-    assert all(r.eval.iw_samples == 5000 and r.data.dataset == "binarized-mnist" and r.data.max_eval_images == 0
-               for r in runs)
+    assert all(r.eval.iw_samples == 5000 and r.data.dataset == published[r.grid, r.variant].dataset
+               and r.data.max_eval_images == 0 for r in runs)
     assert "Reproduces:" in path.read_text() and "could not" in path.read_text()
 
 
 def test_reproduce_configs_resolve_to_the_published_protocols():
-    by_variant = {r.variant: r for path in REPRODUCE for r in load_grid(path) if r.train.seed == 0}
+    by_grid = {(r.grid, r.variant): r for path in REPRODUCE for r in load_grid(path) if r.train.seed == 0}
+    by_variant = {v: r for (g, v), r in by_grid.items() if g in ("iwae-paper", "vampprior-paper")}
     for name, k in (("vae-k1", 1), ("iwae-k5", 5), ("iwae-k50", 50)):
         t = by_variant[name].train
         assert (t.objective, t.objective_samples) == ("elbo" if k == 1 else "iwae", k)
@@ -133,6 +135,26 @@ def test_reproduce_configs_resolve_to_the_published_protocols():
         assert (cfg.model.hidden, cfg.model.init, t.optimizer) == ((300, 300), "he", "adam")
     vamp = by_variant["vamp"].model
     assert (vamp.prior, vamp.prior_components, vamp.prior_pseudo_inputs) == ("vamp", 500, "hardtanh")
+    for grid, likelihood, shape, steps_per_epoch in (("vampprior-caltech", "bernoulli", (28, 28), 41),
+                                                     ("vampprior-frey", "discretized-logistic", (28, 20), 15)):
+        for variant in ("standard", "vamp"):
+            cfg, same = by_grid[grid, variant], by_variant[variant]
+            assert cfg.model == replace(same.model, likelihood=likelihood, image_shape=shape,
+                                        data_dim=shape[0] * shape[1])
+            assert cfg.train == replace(same.train, max_steps=2000 * steps_per_epoch, eval_every=steps_per_epoch,
+                                        kl_warmup_steps=100 * steps_per_epoch)
+            assert cfg.eval == same.eval
+
+
+def test_an_unconfirmed_published_value_is_shown_as_such_and_never_subtracted():
+    entry = next(p for p in PUBLISHED if p.grid == "vampprior-frey" and p.variant == "vamp")
+    assert not entry.confirmed and "UNVERIFIED" in entry.source
+    rows = [row("vamp", 5e-4, s, val=-1900.0, test_px=v, test_elbo=-1905.0, grid="vampprior-frey")
+            for s, v in enumerate([-1880.0, -1882.0])]
+    table = reproduction_table(pd.DataFrame(rows), pd.DataFrame()).set_index("reproduces")
+    got = table.loc["vampprior-frey/vamp"]
+    assert (got["published log p(x)"], got["Δ (95% CI)"], got["seeds"]) == ("not confirmed", "–", "2")
+    assert got["measured log p(x)"] == "-1881.00 ± 1.41"
 
 
 def test_runs_of_an_edited_reproduce_config_are_left_out_and_counted(tmp_path):

@@ -102,7 +102,9 @@ DEFAULTS_SNAPSHOT = {'model': {'data_dim': 784,
            'init': 'torch',
            'prior_pseudo_inputs': 'sigmoid',
            'scale': 'softplus',
-           'kl': 'mc'},
+           'kl': 'mc',
+           'likelihood': 'bernoulli',
+           'image_shape': [28, 28]},
  'train': {'optimizer': 'adam',
            'lr': 0.001,
            'batch_size': 128,
@@ -205,6 +207,12 @@ BAD = {
     "cuda_graphs_without_compile": ('[train]\ncompile = false\ncuda_graphs = true\n',
                                     "'train.cuda_graphs' needs 'train.compile' = true"),
     "optimizer_eps": ('[train]\noptimizer_eps = 0\n', "'train.optimizer_eps' must be > 0"),
+    "likelihood_not_for_dataset": ('[model]\nlikelihood = "discretized-logistic"\n',
+                                   "'model.likelihood' = 'discretized-logistic' does not fit dataset "
+                                   "'binarized-mnist' (binary data); use 'bernoulli'"),
+    "unknown_likelihood": ('[model]\nlikelihood = "gaussian"\n', "'model.likelihood' must be one of"),
+    "image_shape_not_for_dataset": ('[model]\ndata_dim = 560\nimage_shape = [28, 20]\n',
+                                    "'model.image_shape' = [28, 20] does not fit dataset 'binarized-mnist'"),
 }
 
 

@@ -308,6 +308,8 @@ def test_test_figures_are_the_best_validation_checkpoints(tmp_path, synth_dir, s
         checkpoint = evaluate_as_test(load_vae(layout.checkpoint(run_id)), x, row)
         for key, col in TEST_FIGURES.items():
             assert same_figure(stack_size, row[col], checkpoint[key]), col
+        for nats, bits in (("test_iw_log_px", "test_iw_bits_per_dim"), ("test_elbo", "test_elbo_bits_per_dim")):
+            assert row[bits] == pytest.approx(-row[nats] / (784 * math.log(2)), rel=1e-12)  # -nats / (P ln 2)
         final_model = load_vae(layout.checkpoint(run_id))
         with torch.no_grad():
             flatten_parameters(final_model).copy_(torch.load(layout.state(run_id), weights_only=True)["flat"])

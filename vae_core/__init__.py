@@ -1,8 +1,10 @@
-"""vae_core: VAE parts (networks, posterior families, priors, flows) and likelihood estimators."""
+"""vae_core: VAE parts (networks, posterior families, priors, flows, likelihoods) and likelihood estimators."""
 
 from vae_core.config import ConfigError, ModelConfig
+from vae_core.likelihoods import LIKELIHOODS
 from vae_core.posteriors import POSTERIORS
 from vae_core.priors import PRIORS
 from vae_core.vae import VAE, CheckpointError, build_vae, load_vae
 
-__all__ = ["VAE", "ModelConfig", "ConfigError", "CheckpointError", "POSTERIORS", "PRIORS", "build_vae", "load_vae"]
+__all__ = ["VAE", "ModelConfig", "ConfigError", "CheckpointError", "POSTERIORS", "PRIORS", "LIKELIHOODS",
+           "build_vae", "load_vae"]

@@ -121,8 +121,11 @@ class ModelConfig:
     prior_pseudo_inputs: str = choice("sigmoid", ("sigmoid", "hardtanh"))
     scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar"))
     kl: str = choice("mc", ("mc", "analytic"))
+    likelihood: str = "bernoulli"
+    image_shape: list[int] = (28, 28)
 
     def __post_init__(self) -> None:
+        from vae_core.likelihoods import LIKELIHOODS
         from vae_core.posteriors import POSTERIORS
         from vae_core.priors import PRIORS
 
@@ -131,7 +134,17 @@ class ModelConfig:
                 raise ConfigError(f"'model.{key}' {msg}")
 
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
         need(self.data_dim >= 1, "data_dim", f"must be >= 1; got {self.data_dim}")
+        need(len(self.image_shape) == 2 and min(self.image_shape) >= 1, "image_shape",
+             f"must be [height, width] with both >= 1; got {list(self.image_shape)}")
+        if self.image_shape == (28, 28) and self.data_dim != 784:
+            object.__setattr__(self, "image_shape", (1, self.data_dim))  # left at its default: a flat vector
+        height, width = self.image_shape
+        need(height * width == self.data_dim, "image_shape",
+             f"= {list(self.image_shape)} has {height * width} pixels but 'model.data_dim' is {self.data_dim}")
+        need(self.likelihood in LIKELIHOODS, "likelihood",
+             f"must be one of {', '.join(map(repr, LIKELIHOODS))}; got {self.likelihood!r}")
         need(self.latent_dim >= 1, "latent_dim", f"must be >= 1; got {self.latent_dim}")
         need(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1; got {list(self.hidden)}")
         need(self.posterior in POSTERIORS, "posterior",
@@ -147,8 +160,9 @@ class ModelConfig:
              "= 'analytic' needs posterior 'mean-field' and prior 'standard'")
         need(self.prior_pseudo_inputs == "sigmoid" or self.prior == "vamp", "prior_pseudo_inputs",
              f"= {self.prior_pseudo_inputs!r} needs prior 'vamp'; got prior {self.prior!r}")
-        need(self.architecture != "conv" or self.data_dim == 784, "architecture",
-             f"= 'conv' needs data_dim 784 (28x28 images); got {self.data_dim}")
+        need(self.architecture != "conv" or (height % 4 == 0 and width % 4 == 0), "architecture",
+             f"= 'conv' needs image_shape sides divisible by 4 (two stride-2 convolutions); "
+             f"got {list(self.image_shape)}")
 
     @property
     def made_hidden(self) -> int:

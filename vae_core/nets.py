@@ -1,6 +1,9 @@
-"""Encoder and decoder networks (MLP or conv for 28x28), built from a ModelConfig."""
+"""Encoder and decoder networks (MLP for any pixel count; conv for images whose sides divide by 4), built from a
+ModelConfig."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -9,7 +12,12 @@ import torch.nn.functional as F
 from vae_core.config import ModelConfig
 
 CONV_CHANNELS = (32, 64)
-CONV_GRID = 7  # 28 -> 14 -> 7 after two stride-2 convs
+CONV_STRIDE = 4  # two stride-2 convs: 28x28 -> 7x7, 28x20 -> 7x5
+
+
+def conv_grid(image_shape: tuple[int, int]) -> tuple[int, int]:
+    """The feature grid after `conv_body` (ModelConfig checks both sides divide by CONV_STRIDE)."""
+    return image_shape[0] // CONV_STRIDE, image_shape[1] // CONV_STRIDE
 
 
 class GatedDense(nn.Module):
@@ -38,24 +46,24 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def conv_body() -> nn.Sequential:
-    """[N, 784] -> [N, 64 * 7 * 7]: two stride-2 convolutions (32, 64 channels)."""
+def conv_body(image_shape: tuple[int, int]) -> nn.Sequential:
+    """[N, H * W] -> [N, 64 * H/4 * W/4]: two stride-2 convolutions (32, 64 channels)."""
     c1, c2 = CONV_CHANNELS
     return nn.Sequential(
-        nn.Unflatten(-1, (1, 28, 28)),
+        nn.Unflatten(-1, (1, *image_shape)),
         nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
         nn.Flatten(),
     )
 
 
-def deconv_head() -> nn.Sequential:
-    """[N, 64 * 7 * 7] -> [N, 784] logits: the mirror of `conv_body`."""
+def deconv_head(image_shape: tuple[int, int], channels: int) -> nn.Sequential:
+    """[N, 64 * H/4 * W/4] -> [N, channels * H * W] (channel-major): the mirror of `conv_body`."""
     c1, c2 = CONV_CHANNELS
     return nn.Sequential(
-        nn.Unflatten(-1, (c2, CONV_GRID, CONV_GRID)),
+        nn.Unflatten(-1, (c2, *conv_grid(image_shape))),
         nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),
+        nn.ConvTranspose2d(c1, channels, 4, stride=2, padding=1),
         nn.Flatten(),
     )
 
@@ -95,8 +103,8 @@ class Encoder(nn.Module):
         self.scale_fn = SCALES[cfg.scale]
         out = 2 * cfg.latent_dim + context_dim
         if cfg.architecture == "conv":
-            self.net = nn.Sequential(conv_body(),
-                                     mlp([CONV_CHANNELS[1] * CONV_GRID**2, *cfg.hidden, out], cfg.activation))
+            flat = CONV_CHANNELS[1] * math.prod(conv_grid(cfg.image_shape))
+            self.net = nn.Sequential(conv_body(cfg.image_shape), mlp([flat, *cfg.hidden, out], cfg.activation))
         else:
             self.net = mlp([cfg.data_dim, *cfg.hidden, out], cfg.activation)
         init_linear_layers(self.net, cfg.init)
@@ -113,17 +121,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z [..., D] -> Bernoulli logits [..., P]."""
+    """z [..., D] -> the likelihood's parameters [..., k * P], k = params_per_pixel blocks of P (Bernoulli:
+    logits [..., P])."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, params_per_pixel: int = 1):
         super().__init__()
         hidden = list(reversed(cfg.hidden))
         if cfg.architecture == "conv":
-            flat = CONV_CHANNELS[1] * CONV_GRID**2
+            flat = CONV_CHANNELS[1] * math.prod(conv_grid(cfg.image_shape))
             self.net = nn.Sequential(mlp([cfg.latent_dim, *hidden, flat], cfg.activation), nn.ReLU(),
-                                     deconv_head())
+                                     deconv_head(cfg.image_shape, params_per_pixel))
         else:
-            self.net = mlp([cfg.latent_dim, *hidden, cfg.data_dim], cfg.activation)
+            self.net = mlp([cfg.latent_dim, *hidden, params_per_pixel * cfg.data_dim], cfg.activation)
         init_linear_layers(self.net, cfg.init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

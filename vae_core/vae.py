@@ -1,5 +1,5 @@
-"""The VAE: an encoder, a posterior family, a Bernoulli decoder and a prior, composed (never combined
-into per-pair classes). Estimators are in nats per input; the config travels with the weights."""
+"""The VAE: an encoder, a posterior family, a decoder with its likelihood and a prior, composed (never
+combined into per-pair classes). Estimators are in nats per input; the config travels with the weights."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from vae_core.config import ConfigError, ModelConfig, to_dict
-from vae_core.distributions import bernoulli_log_prob, kl_normal_std_normal
+from vae_core.distributions import kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
+from vae_core.likelihoods import LIKELIHOODS
 from vae_core.nets import Decoder, Encoder
 from vae_core.posteriors import POSTERIORS, standard_normal
 from vae_core.priors import PRIORS
@@ -32,7 +33,8 @@ class VAE(nn.Module):
         self.config = config
         self.posterior = POSTERIORS[config.posterior].from_config(config)
         self.encoder = Encoder(config, self.posterior.context_dim)
-        self.decoder = Decoder(config)
+        self.likelihood = LIKELIHOODS[config.likelihood]
+        self.decoder = Decoder(config, self.likelihood.params_per_pixel)
         self.prior = PRIORS[config.prior].from_config(config, self.encoder)
 
     def noise(self, k: int, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -50,7 +52,15 @@ class VAE(nn.Module):
 
     def _log_densities(self, x, loc, scale, context, eps):
         z, log_q = self.posterior.from_noise(loc, scale, context, eps)  # [k, B, D], [k, B]
-        return bernoulli_log_prob(x, self.decoder(z)), self.prior.log_prob(z), log_q
+        return self.log_px_z(x, z), self.prior.log_prob(z), log_q
+
+    def log_px_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) [...] nats for x [B, P] and z [..., B, D], through the likelihood."""
+        return self.likelihood.log_prob(x, self.decoder(z))
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's pixel means [..., P] of p(x|z) for z [..., D] (sample and reconstruction images)."""
+        return self.likelihood.mean(self.decoder(z))
 
     def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +76,7 @@ class VAE(nn.Module):
         loc, scale, context = self.encoder(x)
         if self.config.kl == "analytic":
             z, _ = self.posterior.from_noise(loc, scale, context, eps)
-            return bernoulli_log_prob(x, self.decoder(z)).mean(0), kl_normal_std_normal(loc, scale)
+            return self.log_px_z(x, z).mean(0), kl_normal_std_normal(loc, scale)
         log_px_z, log_pz, log_q = self._log_densities(x, loc, scale, context, eps)
         return log_px_z.mean(0), (log_q - log_pz).mean(0)
 
@@ -97,13 +107,14 @@ class VAE(nn.Module):
 
     @property
     def floats_per_iw_sample(self) -> int:
-        """Activations per image and sample of one IW chunk (sizes chunks to a memory budget): the decoder's,
-        the Gaussian's, and what the posterior's flow and the prior's log_prob add (a VampPrior with K = 500
-        pseudo-inputs holds [chunk, B, K] terms: `mixture_floats_per_sample`)."""
+        """Activations per image and sample of one IW chunk (sizes chunks to a memory budget): the decoder's
+        outputs and the likelihood's per-pixel terms (`floats_per_pixel`), the Gaussian's, and what the
+        posterior's flow and the prior's log_prob add (a VampPrior with K = 500 pseudo-inputs holds [chunk, B, K]
+        terms: `mixture_floats_per_sample`)."""
         c = self.config
         per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
-        return (c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
-                + self.prior.floats_per_sample)
+        return (self.likelihood.floats_per_pixel * c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim
+                + self.posterior.floats_per_sample + self.prior.floats_per_sample)
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
@@ -119,13 +130,13 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, P] -> Bernoulli means [B, P] decoded from the posterior's centre."""
-        return torch.sigmoid(self.decoder(self.latent_code(x)))
+        """x [B, P] -> the likelihood's means [B, P] decoded from the posterior's centre."""
+        return self.decode_mean(self.latent_code(x))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[n, P] Bernoulli means of x ~ p(x|z), z ~ p(z)."""
-        return torch.sigmoid(self.decoder(self.prior.sample(n, generator)))
+        """[n, P] the likelihood's means of p(x|z), z ~ p(z)."""
+        return self.decode_mean(self.prior.sample(n, generator))
 
     def save(self, path: str | Path) -> None:
         """Weights and config in one file (read back with `load_vae`)."""

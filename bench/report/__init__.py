@@ -18,6 +18,7 @@ from bench.errors import UserError
 from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
+from bench.report.datasets import dataset_groups, is_8bit, units_sentence
 from bench.report.literature import literature_markdown
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
@@ -125,8 +126,6 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     Raises UserError when `results` does not exist or holds no run rows (and no reproduction curves), or
     `baseline` is not a variant of the benchmark's runs.
     """
-    from bench.report.images import image_figures
-
     results, out = Path(results), Path(out)
     if console is None:
         console = Console()
@@ -149,26 +148,87 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
         runs = normalize_runs(runs[~reproducing])
         read_notes = read_notes + [f"{int(reproducing.sum())} reproduction run(s) are reported only in the "
                                    "reproduction section, against their published values."]
-    reference = pick_baseline(runs, baseline)
+    groups = dataset_groups(runs)
+    references = _baselines(groups, baseline)
     out.mkdir(parents=True, exist_ok=True)
+    md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
+    if len(groups) > 1:
+        md.append(f"- Datasets: {', '.join(f'`{name}`' for name, _ in groups)}. Each has its own section; variants "
+                  "are compared only within a dataset, never across.")
+    printed = []
+    for (dataset, group), reference in zip(groups, references):
+        section, shown = _dataset_sections(group, curves, reference, results, out, data_dir, download, dataset,
+                                           len(groups) > 1)
+        md += section
+        printed.append(shown)
+    if not reproductions.empty:
+        md += reproduction_markdown(reproductions) + _progress_figure(curves, out, all_runs)
+    md += [literature_markdown()]
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(md), encoding="utf-8")
+    tmp.replace(path)
+
+    for (dataset, _), (display, bold, versus_display, reference, sentence, _) in zip(groups, printed):
+        of = f" on {dataset}" if len(groups) > 1 else ""
+        _print_table(display, bold, console, f"test log p(x) and ELBO per variant{of}, nats (bold = best mean "
+                     "validation ELBO)")
+        _print_table(versus_display, None, console, f"versus {reference}{of} (each variant at its best lr on "
+                     "validation; Δ = variant − reference, nats; cost as ratios)")
+        console.print(sentence, highlight=False, markup=False)
+    if not reproductions.empty:
+        _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
+                     "reproductions: measured vs published test log p(x), nats")
+    console.print(f"wrote {path} and {sum(shown[-1] for shown in printed)} figure(s)", highlight=False)
+    return path
+
+
+def _baselines(groups: list[tuple[str, pd.DataFrame]], name: str | None) -> list[str]:
+    """Each dataset's reference variant: `name` where that dataset has it, else its default; UserError when
+    `name` is given and no dataset has it."""
+    if len(groups) == 1:
+        return [pick_baseline(groups[0][1], name)]
+    found = []
+    for _, group in groups:
+        try:
+            found.append(pick_baseline(group, name))
+        except UserError:
+            found.append(None)
+    if name is not None and all(f is None for f in found):
+        pick_baseline(groups[0][1], name)  # raises, naming the choices
+    return [f if f is not None else pick_baseline(group, None) for f, (_, group) in zip(found, groups)]
+
+
+def _dataset_sections(runs: pd.DataFrame, curves: pd.DataFrame, reference: str, results: Path, out: Path,
+                      data_dir: Path | None, download: bool, dataset: str, several: bool) -> tuple[list[str], tuple]:
+    """The markdown of one dataset's runs (versus, main and best-lr tables, failures, figures) and what the
+    console shows of it: (display, bold, versus display, reference, sentence, figures written). With `several`
+    datasets the section has a dataset heading and its figures go to `out/<dataset>/`."""
+    from bench.report.images import image_figures, safe_name
+
+    sub = safe_name(dataset) if several else ""
+    fig_dir, link = (out / sub, f"{sub}/") if several else (out, "")
+    bits = is_8bit(dataset)
     show_lr = several_lrs(runs)
+    md = ["", f"# Dataset `{dataset}`", "", units_sentence(dataset)] if several else (
+        ["", units_sentence(dataset)] if bits else [])
+    md.append("")
     versus_md, versus, sentence, by_lr = _versus_section(runs, reference, show_lr)
+    md += versus_md
 
     table = main_table(runs)
     bold = best_row(table)
-    display = display_main_table(table, show_lr)
-    md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
-
-    md += [""] + versus_md
+    display = display_main_table(table, show_lr, bits)
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
     rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
             if bold is not None else "No row has a validation ELBO, so none is marked best.")
     md += [rule + " `test log p(x)`: importance-weighted bound on the test set; `gap` = log p(x) − ELBO; "
-           "`train ex/s`: training examples per second (evaluation excluded); `wall`: mean wall time per run; "
+           + ("`test bits/dim`: the same bound as −log p(x) / (pixels · ln 2); " if bits else "")
+           + "`train ex/s`: training examples per second (evaluation excluded); `wall`: mean wall time per run; "
            "`diverged/failed`: runs of that row that did not complete (not in the statistics).", ""]
 
     md += ["## Best learning rate per variant (chosen on validation)", "",
-           to_markdown(display_best_lr_table(best_lr_table(runs))).rstrip(), "",
+           to_markdown(display_best_lr_table(best_lr_table(runs), bits)).rstrip(), "",
            "For each variant, the lr with the highest mean validation ELBO over its completed seeds; "
            "the test columns are that lr's figures.", ""]
 
@@ -186,53 +246,37 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
 
     md += ["## Figures", ""]
     figure_notes: list[str] = []
-    written: list[str] = []
+    written = 0
     plots = [
         (f"Versus {reference}: Δ nats with 95% CI against relative cost per step",
-         lambda: plot_versus(versus, reference, out, runs)),
-        ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, out)),
+         lambda: plot_versus(versus, reference, fig_dir, runs)),
+        ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, fig_dir)),
         ("Validation ELBO vs training step (mean over seeds, band = sd)",
-         lambda: plot_learning_curves(runs, curves, out)),
-        ("Training throughput per variant", lambda: plot_throughput(runs, out)),
+         lambda: plot_learning_curves(runs, curves, fig_dir)),
+        ("Training throughput per variant", lambda: plot_throughput(runs, fig_dir)),
         ("Test log p(x) vs training throughput, each variant at its best lr on validation",
-         lambda: plot_tradeoff(runs, out)),
+         lambda: plot_tradeoff(runs, fig_dir)),
     ]
     if show_lr:
         plots.insert(1, (f"Versus {reference} at each lr: Δ test IW log p(x) with 95% CI against relative cost",
-                         lambda: plot_versus_by_lr(by_lr, reference, out, runs)))
+                         lambda: plot_versus_by_lr(by_lr, reference, fig_dir, runs)))
+    of = f", {dataset}" if several else ""
     for caption, draw in plots:
         try:
-            png = draw()
+            png = link + draw()
         except SkipFigure as why:
-            figure_notes.append(f"{caption}: skipped ({why}).")
+            figure_notes.append(f"{caption}{of}: skipped ({why}).")
             continue
-        written.append(png)
-        md += [f"### {caption}", "", f"![{caption}]({png}) (also `{png[:-4]}.pdf`)", ""]
-    images = image_figures(runs, results, out, data_dir, download)
+        written += 1
+        md += [f"### {caption}{of}", "", f"![{caption}{of}]({png}) (also `{png[:-4]}.pdf`)", ""]
+    images = image_figures(runs, results, fig_dir, data_dir, download)
     for caption, png, source in images.figures:
-        written.append(png)
-        md += [f"### {caption}", "", f"![{caption}]({png})", "", source, ""]
+        written += 1
+        md += [f"### {caption}{of}", "", f"![{caption}{of}]({link}{png})", "", source, ""]
     figure_notes += images.notes
     if figure_notes:
         md += ["### Figures not drawn", ""] + [f"- {n}" for n in figure_notes] + [""]
-
-    if not reproductions.empty:
-        md += reproduction_markdown(reproductions) + _progress_figure(curves, out, all_runs)
-    md += [literature_markdown()]
-    path = out / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(md), encoding="utf-8")
-    tmp.replace(path)
-
-    _print_table(display, bold, console, "test log p(x) and ELBO per variant, nats (bold = best mean validation ELBO)")
-    _print_table(display_versus(versus, show_lr), None, console, f"versus {reference} (each variant at its best lr "
-                 "on validation; Δ = variant − reference, nats; cost as ratios)")
-    console.print(sentence, highlight=False, markup=False)
-    if not reproductions.empty:
-        _print_table(reproductions.drop(columns=["source", "protocol differences"]), None, console,
-                     "reproductions: measured vs published test log p(x), nats")
-    console.print(f"wrote {path} and {len(written)} figure(s)", highlight=False)
-    return path
+    return md, (display, bold, display_versus(versus, show_lr), reference, sentence, written)
 
 
 def _progress_figure(curves: pd.DataFrame, out: Path, runs: pd.DataFrame | None = None) -> list[str]:

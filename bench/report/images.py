@@ -43,13 +43,14 @@ def pick_indices(n_total: int, k: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:min(k, n_total)]
 
 
-def tile(images: np.ndarray, rows: int, cols: int, side: int, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
-    """[rows*cols, side*side] -> one [rows*(side+pad)-pad, cols*(side+pad)-pad] image."""
-    canvas = np.full((rows * (side + pad) - pad, cols * (side + pad) - pad), pad_value, dtype=np.float32)
+def tile(images: np.ndarray, rows: int, cols: int, shape: tuple[int, int], pad: int = 1,
+         pad_value: float = 1.0) -> np.ndarray:
+    """[rows*cols, h*w] (row-major images of `shape` (h, w)) -> one [rows*(h+pad)-pad, cols*(w+pad)-pad] image."""
+    h, w = shape
+    canvas = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, dtype=np.float32)
     for i, img in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
-        canvas[r * (side + pad): r * (side + pad) + side, c * (side + pad): c * (side + pad) + side] = \
-            img.reshape(side, side)
+        canvas[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = img.reshape(h, w)
     return canvas
 
 
@@ -109,14 +110,16 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
             result.notes.append(f"Images for {who} skipped: {err}.")
             continue
         cfg = model.config
-        side = int(math.isqrt(cfg.data_dim))
-        if side * side != cfg.data_dim:
-            result.notes.append(f"Images for {who} skipped: data_dim {cfg.data_dim} is not a square image.")
+        shape = tuple(cfg.image_shape)  # (height, width)
+        if min(shape) == 1:
+            result.notes.append(f"Images for {who} skipped: data_dim {cfg.data_dim} is a flat vector, not an image "
+                                f"(model.image_shape {list(shape)}).")
             continue
         dtype = next(model.parameters()).dtype
         name = safe_name(variant)
 
-        result.figures.append((f"Samples from the prior, {who}", _samples(model, side, variant, out_dir, name), source))
+        result.figures.append((f"Samples from the prior, {who}", _samples(model, shape, variant, out_dir, name),
+                               source))
 
         row = runs[runs["run_id"] == run_id].iloc[0]
         dataset = row.get("data.dataset", "") or "binarized-mnist"
@@ -128,10 +131,10 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
             continue
         test, labels = loaded
         result.figures.append((f"Test images (top) and their reconstructions (bottom), {who}",
-                               _reconstructions(model, test.to(dtype), side, variant, out_dir, name), source))
+                               _reconstructions(model, test.to(dtype), shape, variant, out_dir, name), source))
         if cfg.latent_dim == 2:
             result.figures.append((f"Latent manifold (decoder means over a {MANIFOLD_STEPS}×{MANIFOLD_STEPS} grid "
-                                   f"of z), {who}", _manifold(model, side, variant, out_dir, name, dtype), source))
+                                   f"of z), {who}", _manifold(model, shape, variant, out_dir, name, dtype), source))
             if labels is None:
                 result.notes.append(f"Latent scatter for {who} skipped: dataset {dataset!r} has no test labels.")
             else:
@@ -141,23 +144,28 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
     return result
 
 
-def _samples(model, side: int, variant: str, out_dir: Path, name: str) -> str:
+def _samples(model, shape: tuple[int, int], variant: str, out_dir: Path, name: str) -> str:
     x = model.sample(64, torch.Generator().manual_seed(SAMPLE_SEED)).float().numpy()
     fig = new_figure(4.6, 4.9)
-    _show(fig.add_subplot(), tile(x, 8, 8, side), f"{variant}: 64 samples from the prior (Bernoulli means)")
+    _show(fig.add_subplot(), tile(x, 8, 8, shape), f"{variant}: 64 samples from the prior ({_means(model)})")
     return save(fig, out_dir, f"samples_{name}", pdf=False)
 
 
-def _reconstructions(model, test: torch.Tensor, side: int, variant: str, out_dir: Path, name: str) -> str:
+def _reconstructions(model, test: torch.Tensor, shape: tuple[int, int], variant: str, out_dir: Path, name: str) -> str:
     idx = pick_indices(test.shape[0], N_RECONSTRUCTIONS, PICK_SEED)
     x = test[idx]
     recon = model.reconstruct(x).float().numpy()
     rows = math.ceil(len(idx) / 8)
     fig = new_figure(5.2, 2 * (rows * 5.2 / 8 + 0.3))
     top, bottom = fig.subplots(2, 1)
-    _show(top, tile(x.float().numpy(), rows, 8, side), f"{variant}: {len(idx)} random test images")
-    _show(bottom, tile(recon, rows, 8, side), "reconstructions (Bernoulli means from the posterior's centre)")
+    _show(top, tile(x.float().numpy(), rows, 8, shape), f"{variant}: {len(idx)} random test images")
+    _show(bottom, tile(recon, rows, 8, shape), f"reconstructions ({_means(model)} from the posterior's centre)")
     return save(fig, out_dir, f"reconstructions_{name}", pdf=False)
+
+
+def _means(model) -> str:
+    """What the images show: the likelihood's per-pixel means."""
+    return "Bernoulli means" if model.config.likelihood == "bernoulli" else f"{model.config.likelihood} means"
 
 
 def _manifold_axis(model) -> tuple[np.ndarray, np.ndarray, str]:
@@ -172,13 +180,13 @@ def _manifold_axis(model) -> tuple[np.ndarray, np.ndarray, str]:
             "z between the prior's 1% and 99% quantiles")
 
 
-def _manifold(model, side: int, variant: str, out_dir: Path, name: str, dtype: torch.dtype) -> str:
+def _manifold(model, shape: tuple[int, int], variant: str, out_dir: Path, name: str, dtype: torch.dtype) -> str:
     z1, z2, how = _manifold_axis(model)
     # Row r shows z2 = z2[::-1][r] (high z2 at the top), column c shows z1[c].
     grid = np.array([[a, b] for b in z2[::-1] for a in z1], dtype=np.float64)
     with torch.no_grad():
-        x = torch.sigmoid(model.decoder(torch.as_tensor(grid, dtype=dtype))).float().numpy()
-    canvas = tile(x, MANIFOLD_STEPS, MANIFOLD_STEPS, side, pad=0)
+        x = model.decode_mean(torch.as_tensor(grid, dtype=dtype)).float().numpy()
+    canvas = tile(x, MANIFOLD_STEPS, MANIFOLD_STEPS, shape, pad=0)
     dz1, dz2 = (z1[1] - z1[0]) / 2, (z2[1] - z2[0]) / 2
     fig = new_figure(5.6, 5.8)
     ax = fig.add_subplot()

@@ -22,7 +22,8 @@ DASH = "–"
 # Columns the report reads; absent ones (older or partial rows) are added as NaN.
 NUMERIC_COLUMNS = ("lr", "seed", "latent_dim", "steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo",
                    "test_iw_log_px", "train_examples_per_s", "train_seconds", "eval_seconds", "wall_seconds",
-                   "eval_images", "iw_samples", "first_bad_step", "torch_threads")
+                   "eval_images", "iw_samples", "first_bad_step", "torch_threads", "test_iw_bits_per_dim",
+                   "test_elbo_bits_per_dim")
 TEXT_COLUMNS = ("grid", "variant", "status", "error", "device", "torch_version", "git_commit", "data_digest")
 
 
@@ -110,22 +111,23 @@ def _stats(group: pd.DataFrame) -> dict[str, float]:
         "log_px_mean": group["test_iw_log_px"].mean(), "log_px_sd": group["test_iw_log_px"].std(ddof=1),
         "elbo_mean": group["test_elbo"].mean(), "elbo_sd": group["test_elbo"].std(ddof=1),
         "gap_mean": gap.mean(), "gap_sd": gap.std(ddof=1),
+        "bits_mean": group["test_iw_bits_per_dim"].mean(), "bits_sd": group["test_iw_bits_per_dim"].std(ddof=1),
         "val_elbo_mean": group["val_elbo"].mean(),
         "examples_per_s": group["train_examples_per_s"].mean(),
         "wall_seconds": group["wall_seconds"].mean(),
     }
 
 
-STAT_COLUMNS = ("n", "log_px_mean", "log_px_sd", "elbo_mean", "elbo_sd", "gap_mean", "gap_sd", "val_elbo_mean",
-                "examples_per_s", "wall_seconds")
+STAT_COLUMNS = ("n", "log_px_mean", "log_px_sd", "elbo_mean", "elbo_sd", "gap_mean", "gap_sd", "bits_mean",
+                "bits_sd", "val_elbo_mean", "examples_per_s", "wall_seconds")
 
 
 def main_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (variant, lr): statistics over completed seeds plus `n_not_completed` (diverged/failed).
 
     Columns: variant, lr, n, n_not_completed, log_px_mean/sd, elbo_mean/sd, gap_mean/sd (gap = log p(x) - ELBO
-    per run), val_elbo_mean, examples_per_s, wall_seconds. A (variant, lr) with no completed run keeps a row
-    with n = 0 and NaN statistics.
+    per run), bits_mean/sd (the test IW bound in bits/dim), val_elbo_mean, examples_per_s, wall_seconds. A
+    (variant, lr) with no completed run keeps a row with n = 0 and NaN statistics.
     """
     runs = _ensure(runs)
     rows = []
@@ -244,8 +246,15 @@ def fmt_lr(x: Any) -> str:
     return DASH if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:g}"
 
 
-def display_main_table(table: pd.DataFrame, show_lr: bool) -> pd.DataFrame:
-    """The main table as strings, same index as `table`."""
+def _with_bits(out: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """`out` with a 'test bits/dim' column after 'test log p(x)' (8-bit data)."""
+    at = list(out.columns).index("test log p(x)") + 1
+    out.insert(at, "test bits/dim", [fmt_mean_sd(m, s, 3) for m, s in zip(table["bits_mean"], table["bits_sd"])])
+    return out
+
+
+def display_main_table(table: pd.DataFrame, show_lr: bool, bits: bool = False) -> pd.DataFrame:
+    """The main table as strings, same index as `table`; `bits` adds the test bound in bits/dim."""
     out = pd.DataFrame(index=table.index)
     out["variant"] = table["variant"]
     if show_lr:
@@ -258,10 +267,10 @@ def display_main_table(table: pd.DataFrame, show_lr: bool) -> pd.DataFrame:
     out["train ex/s"] = table["examples_per_s"].map(fmt_rate)
     out["wall"] = table["wall_seconds"].map(fmt_seconds)
     out["diverged/failed"] = table["n_not_completed"].astype(int).astype(str)
-    return out
+    return _with_bits(out, table) if bits else out
 
 
-def display_best_lr_table(table: pd.DataFrame) -> pd.DataFrame:
+def display_best_lr_table(table: pd.DataFrame, bits: bool = False) -> pd.DataFrame:
     out = pd.DataFrame(index=table.index)
     out["variant"] = table["variant"]
     out["best lr"] = table["lr"].map(fmt_lr)
@@ -272,7 +281,7 @@ def display_best_lr_table(table: pd.DataFrame) -> pd.DataFrame:
     out["test ELBO"] = [fmt_mean_sd(m, s) for m, s in zip(table["elbo_mean"], table["elbo_sd"])]
     out["gap"] = [fmt_mean_sd(m, s) for m, s in zip(table["gap_mean"], table["gap_sd"])]
     out["train ex/s"] = table["examples_per_s"].map(fmt_rate)
-    return out
+    return _with_bits(out, table) if bits else out
 
 
 def _cell(x: Any) -> str:
