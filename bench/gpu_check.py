@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, Phase] = {}
     tests = None
+    started = time.perf_counter()
     for step in steps:
         code, seconds = run_step(step, out / f"{step.name}.log", args.data_dir)
         if step.name == "tests":
@@ -285,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     same_noise = same_noise_max_abs(out / "tiny-cuda", args.data_dir) if tiny["cuda"] is not None else math.nan
     facts = GpuFacts(
         machine=machine(), overrides=overrides, tests=tests,
-        phases={n: p for n, p in results.items() if not n.startswith("tiny")},
+        phases=results,
         tiny_cpu=tiny["cpu"].runs if tiny["cpu"] else None, tiny_cuda=tiny["cuda"].runs if tiny["cuda"] else None,
         same_noise_max_abs=same_noise,
         notes=(f"derived grid files: {', '.join(str(p.relative_to(out)) for p in grids.values())} in {out}",
-               "alone phases: one run per variant (the first value of each [grid] axis), --stack 1"))
+               "alone phases: one run per variant (the first value of each [grid] axis), --stack 1",
+               f"the whole check took {time.perf_counter() - started:.0f} s"))
     (out / "report.md").write_text(render_report(facts))
     print(f"gpu-check: report written to {out / 'report.md'}")
     failed = (tests is not None and (tests.failed or tests.errors)) or any(p.returncode for p in results.values())
