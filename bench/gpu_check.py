@@ -14,6 +14,7 @@ Without CUDA it prints one line and exits 2 (`--dry-run` prints the plan instead
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -29,7 +30,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from bench.config import defaults
 from bench.gpu_report import ALONE_PHASES, GRID_PHASES, GpuFacts, Phase, SuiteCounts, render_report
+from bench.gridfile import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "configs" / "grid.toml"
@@ -113,14 +116,15 @@ def derived_grids(out: Path, steps: int | None = None) -> tuple[dict[str, Path],
     changes = dict(GRID_OVERRIDES)
     if steps is not None:
         changes.update({"train.max_steps": steps, "train.eval_every": steps})
-    first_point = {key: values[:1] for key, values in raw.get("grid", {}).items()}
+    first_point = {key: values[:1] for key, values in flatten(raw.get("grid", {})).items()}
     files = {}
     for name, graphs, axes in (("grid-graphs-off", False, None), ("grid-graphs-on", True, None),
                                ("alone-graphs-off", False, first_point), ("alone-graphs-on", True, first_point)):
         path = out / f"{name}.toml"
         path.write_text(to_toml(override(raw, {**changes, "train.cuda_graphs": graphs}, axes)))
         files[name] = path
-    summary = {key: (_get(raw, key), value) for key, value in changes.items()}
+    summary = {key: (_get(raw, key, defaults()[key.split(".")[0]][key.split(".", 1)[1]]), value)
+               for key, value in changes.items()}
     return files, summary
 
 
@@ -129,10 +133,16 @@ def vaebench(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "bench.cli", *args)
 
 
+def pytest_command(out: Path) -> tuple[str, ...]:
+    """`pytest -m cuda` over the repo's tests, results as JUnit XML (pytest-benchmark's flag where it is installed)."""
+    benchmark = ("--benchmark-disable",) if importlib.util.find_spec("pytest_benchmark") else ()
+    return (sys.executable, "-m", "pytest", "-q", "-m", "cuda", *benchmark, "-p", "no:cacheprovider",
+            f"--junitxml={out / 'tests.xml'}", str(REPO / "tests"))
+
+
 def plan(out: Path, grids: Mapping[str, Path], data_dir: str | None, phases: set[str]) -> list[Step]:
     data = ("--data-dir", data_dir) if data_dir else ()
-    steps = [Step("tests", (sys.executable, "-m", "pytest", "-q", "-m", "cuda", "--benchmark-disable",
-                            "-p", "no:cacheprovider", f"--junitxml={out / 'tests.xml'}", str(REPO / "tests")))]
+    steps = [Step("tests", pytest_command(out))]
     for device in ("cpu", "cuda"):
         results = out / f"tiny-{device}"
         steps.append(Step(f"tiny-{device}", vaebench("run", "--grid", str(TINY), "--results", str(results),
@@ -146,8 +156,11 @@ def plan(out: Path, grids: Mapping[str, Path], data_dir: str | None, phases: set
 
 
 def read_tests(xml: Path, seconds: float) -> SuiteCounts:
+    """The counts of pytest's JUnit XML; no file (pytest missing or crashed) counts as one error."""
     if not xml.exists():
-        return SuiteCounts(0, 0, 1, 0, seconds, ("pytest wrote no report",))
+        why = "pytest wrote no report" + ("" if importlib.util.find_spec("pytest") else
+                                           ": pytest is not installed (pip install -e '.[dev]')")
+        return SuiteCounts(0, 0, 1, 0, seconds, (why,))
     root = ElementTree.parse(xml).getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
     total = lambda key: sum(int(s.get(key, 0)) for s in suites)  # noqa: E731

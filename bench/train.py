@@ -185,15 +185,18 @@ class Run:
             flat, opt_state, t = state["flat"], list(state["opt_state"]), state["t"]
             if flat.shape != (n_params,) or len(opt_state) != n_state or any(s.shape != flat.shape for s in opt_state):
                 return None
-            gen_noise, gen_data = state["gen_noise"].cpu(), state["gen_data"].cpu()
+            gens = []
+            for key in ("gen_noise", "gen_data"):  # a state saved on another device type holds another RNG's
+                gen = torch.Generator(device=self.device)  # state (CPU vs CUDA): it fails here, a restart
+                gen.set_state(state[key].cpu())
+                gens.append(gen)
             earlier_wall = float(state.get("wall_seconds", values["train_seconds"] + values["eval_seconds"]
                                            + values["compile_seconds"]))  # older states: a lower bound
         except Exception:  # a damaged state file costs a restart, never a wrong result
             return None
         for k, v in values.items():
             setattr(self, k, v)
-        self.gen_noise.set_state(gen_noise)
-        self.gen_data.set_state(gen_data)
+        self.gen_noise, self.gen_data = gens
         self.earlier_wall_seconds = earlier_wall
         self.resumed_from_step = self.step
         return flat, opt_state, t

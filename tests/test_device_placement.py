@@ -168,3 +168,23 @@ def test_the_guard_catches_a_tensor_without_device():
         with pytest.raises(ImplicitDeviceError, match=r"torch.Generator\(\) without device= at vae_core/_probe.py:5"):
             code["generator"]()
     assert len(violations) == 2
+
+
+def test_a_state_saved_on_another_device_type_restarts_the_run(tmp_path, synth, one_thread):
+    """A CUDA generator's state (16 bytes: seed and offset) cannot seed a CPU generator, nor a CPU state a CUDA
+    one: resuming on the other device type is a fresh start of the run (its state is unusable), not a crash."""
+    data_dir = tmp_path / "data"
+    synth.binarized_set(data_dir, rows=(24, 8, 8))
+    (cfg, *_) = load_grid_text(tmp_path, tiny_grid([("mean-field", "standard")]))
+    task = RunTask((cfg,), str(tmp_path / "results"), str(data_dir), "cpu", 1, cfg.run_id)
+    (row,) = execute_task(task, on_progress=interrupt_at(STOP_AT))
+    assert row["status"] == "failed" and "Interrupted" in row["error"]
+    path = ResultsLayout(tmp_path / "results").state(cfg.run_id)
+    state = torch.load(path, weights_only=True)
+    state["gen_noise"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator's get_state() returns
+    torch.save(state, path)
+    with no_implicit_device() as violations:
+        (row,) = execute_task(task)
+    assert not violations, "\n".join(violations)
+    assert row["status"] == "completed", row["error"]
+    assert row["resumed_from_step"] == 0 and row["steps_done"] == MAX_STEPS

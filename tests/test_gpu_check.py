@@ -123,3 +123,15 @@ def test_stacked_throughput_sums_a_stack_and_averages_stacks():
     failed = runs.assign(status="failed")
     assert stacked_throughput(failed).empty
     assert math.isnan(largest_differences(runs.iloc[:0], runs)["test_elbo"])
+
+
+def test_the_tests_phase_counts_come_from_pytests_junit_xml(tmp_path):
+    xml = tmp_path / "tests.xml"
+    xml.write_text('<testsuites><testsuite name="pytest" tests="4" failures="1" errors="0" skipped="1">'
+                   '<testcase classname="tests.test_a" name="test_ok"/><testcase classname="tests.test_a" name="t2"/>'
+                   '<testcase classname="tests.test_b" name="test_bad[cuda]"><failure message="x"/></testcase>'
+                   '<testcase classname="tests.test_b" name="test_skip"><skipped/></testcase></testsuite></testsuites>')
+    counts = gpu_check.read_tests(xml, 12.0)
+    assert (counts.passed, counts.failed, counts.errors, counts.skipped) == (2, 1, 0, 1)
+    assert counts.failures == ("tests.test_b::test_bad[cuda]",)
+    assert gpu_check.read_tests(tmp_path / "absent.xml", 1.0).errors == 1
