@@ -5,8 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GRID ?= configs/quick.toml
 TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+# gpu-check needs no install step: any python with torch and the repo's dependencies (e.g. `pip install -e .`)
+PYTHON ?= python3
+GPU_CHECK_ARGS ?=
 
-.PHONY: install run test bench report
+.PHONY: install run test bench report gpu-check
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
@@ -25,3 +28,6 @@ test: install
 
 bench: install
 	$(VENV)/bin/pytest -q --benchmark-only
+
+gpu-check:  # CUDA machines: tests, the grid shortened, report in gpu-check/report.md (docs/gpu.md); exit 2 without CUDA
+	$(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)

@@ -74,8 +74,9 @@ def eval_subset(x: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
     """A fixed seeded random subset (the binarized test file is sorted by digit: never the first N rows)."""
     if not max_images or max_images >= x.shape[0]:
         return x
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_images]
-    return x[idx]
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the host: the same subset on every device
+    idx = torch.randperm(x.shape[0], generator=gen, device="cpu")[:max_images]
+    return x[idx.to(x.device)]
 
 
 def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> RunData:
@@ -87,8 +88,8 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
                         f"for {expected}")
     valid = eval_subset(ds.valid, d.max_eval_images, d.eval_subset_seed)
     test = eval_subset(ds.test, d.max_eval_images, d.eval_subset_seed)
-    if ds.dynamic:  # evaluation sets are binarized once, with a fixed seed, identically for every run
-        gen = torch.Generator().manual_seed(d.eval_subset_seed)
+    if ds.dynamic:  # evaluation sets are binarized once, on the host with a fixed seed, identically for every run
+        gen = torch.Generator(device=valid.device).manual_seed(d.eval_subset_seed)
         valid, test = binarize(valid, gen), binarize(test, gen)
     return RunData(train=ds.train.to(device), valid=valid.to(device), test=test.to(device),
                    dynamic=ds.dynamic, digest=ds.digest)

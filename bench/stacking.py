@@ -14,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass
 
+import torch
+
 from bench.config import RunConfig
 from bench.errors import UserError
 
@@ -98,6 +100,8 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
 
 
 def parameter_count(cfg: RunConfig) -> int:
+    """Parameters of one run's model, built on the meta device (no memory, no draws from the global RNG)."""
     from vae_core import build_vae
 
-    return sum(p.numel() for p in build_vae(cfg.model).parameters())
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_vae(cfg.model).parameters())

@@ -65,14 +65,14 @@ def evaluate(fns: StackFunctions, params: torch.Tensor, x: torch.Tensor, seeds: 
     """
     n_runs, model = params.shape[0], fns.model
     gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
-    sums = torch.zeros(3, n_runs, dtype=torch.float64)  # reconstruction, kl, iw_log_px
+    sums = x.new_zeros(3, n_runs, dtype=torch.float64)  # reconstruction, kl, iw_log_px; on the device: no sync
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]  # [B, P]
         like = xb.new_empty(xb.shape[0], model.config.latent_dim)  # [B, D]
         eps = torch.stack([standard_normal(elbo_samples, like, g) for g in gens])  # [R, k, B, D]
         reconstruction, kl = fns.elbo_terms(params, xb, eps)  # [R, B] each
-        sums[0] += reconstruction.sum(-1).double().cpu()
-        sums[1] += kl.sum(-1).double().cpu()
+        sums[0] += reconstruction.sum(-1).double()
+        sums[1] += kl.sum(-1).double()
         if iw_samples:
             loc, scale, context = fns.encode(params, xb)  # [R, B, D], [R, B, D], [R, B, C]
             chunk = iw_chunk_size(iw_samples, n_runs * xb.shape[0], model.floats_per_iw_sample, x.device)
@@ -83,7 +83,7 @@ def evaluate(fns: StackFunctions, params: torch.Tensor, x: torch.Tensor, seeds: 
                     eps_iw = torch.stack([standard_normal(c, like, g) for g in gens])  # [R, c, B, D]
                     yield fns.log_weight(params, xb, loc, scale, context, eps_iw).transpose(0, 1)  # [c, R, B]
 
-            sums[2] += streaming_iw_bound(chunks()).sum(-1).double().cpu()
+            sums[2] += streaming_iw_bound(chunks()).sum(-1).double()
     means = (sums / x.shape[0]).tolist()
     return [{"reconstruction": means[0][r], "kl": means[1][r], "elbo": means[0][r] - means[1][r],
              "iw_log_px": means[2][r] if iw_samples else math.nan} for r in range(n_runs)]
@@ -185,15 +185,18 @@ class Run:
             flat, opt_state, t = state["flat"], list(state["opt_state"]), state["t"]
             if flat.shape != (n_params,) or len(opt_state) != n_state or any(s.shape != flat.shape for s in opt_state):
                 return None
-            gen_noise, gen_data = state["gen_noise"].cpu(), state["gen_data"].cpu()
+            gens = []
+            for key in ("gen_noise", "gen_data"):  # a state saved on another device type holds another RNG's
+                gen = torch.Generator(device=self.device)  # state (CPU vs CUDA): it fails here, a restart
+                gen.set_state(state[key].cpu())
+                gens.append(gen)
             earlier_wall = float(state.get("wall_seconds", values["train_seconds"] + values["eval_seconds"]
                                            + values["compile_seconds"]))  # older states: a lower bound
         except Exception:  # a damaged state file costs a restart, never a wrong result
             return None
         for k, v in values.items():
             setattr(self, k, v)
-        self.gen_noise.set_state(gen_noise)
-        self.gen_data.set_state(gen_data)
+        self.gen_noise, self.gen_data = gens
         self.earlier_wall_seconds = earlier_wall
         self.resumed_from_step = self.step
         return flat, opt_state, t
@@ -211,9 +214,11 @@ class Stack:
         train = first.train
         self.optimizer = OPTIMIZERS[train.optimizer].with_eps(train.optimizer_eps)
         models = []
-        for cfg in cfgs:  # each run's init is the one it gets alone: seeded by its seed
-            torch.manual_seed(cfg.train.seed)
-            models.append(build_vae(cfg.model).to(device))
+        for cfg in cfgs:  # each run's init is the one it gets alone: seeded by its seed, drawn on the CPU
+            torch.manual_seed(cfg.train.seed)  # so that a run starts from the same weights on every device
+            with torch.device("cpu"):
+                model = build_vae(cfg.model)
+            models.append(model.to(device))
         self.template: VAE = models[0]  # its own parameter values are never used for training: rows are
         schedule = LrSchedule(train.lr_schedule, first.steps_per_epoch, train.lr_decay, train.lr_decay_epochs)
         options = StepOptions(train.objective, schedule, train.grad_normalize, train.autocast == "bf16")

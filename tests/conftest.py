@@ -14,10 +14,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# `@pytest.mark.parametrize("device", DEVICES)`: every such test also runs on CUDA where torch sees a GPU
+# `@pytest.mark.parametrize("device", DEVICES)`: every such test also runs on CUDA where torch sees a GPU; the CUDA
+# cases carry the `cuda` marker (`pytest -m cuda`: what `make gpu-check` runs), as must every CUDA-only test
 DEVICES = [pytest.param("cpu"),
-           pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                         reason="torch sees no CUDA device"))]
+           pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="torch sees no CUDA device")])]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -132,6 +132,7 @@ def test_a_bf16_stack_trains_its_runs_as_alone_up_to_bf16_rounding(tmp_path):
     assert stack.flat.dtype == torch.float32 and torch.isfinite(stack.flat).all()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graphs_replay_the_compiled_step_with_its_numbers(tmp_path):
     """On CUDA, a stack of 3 compiled with and without CUDA graphs: same training ELBO every step and the same
