@@ -12,6 +12,7 @@ from typing import Any
 from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
 from vae_core.data.sources import MNIST_VALID_SIZE
+from vae_core.registry import check_model
 
 TRAIN_EXAMPLES = {"binarized-mnist": 50_000, "mnist-dynamic": 60_000 - MNIST_VALID_SIZE}
 
@@ -160,6 +161,7 @@ class RunConfig:
         if self.train.objective == "iwae" and self.model.kl != "mc":
             raise ConfigError("'train.objective' = 'iwae' needs 'model.kl' = 'mc' (the bound needs per-sample "
                               "log-weights)")
+        check_model(self.model)  # the families resolve and accept the config, before anything runs
 
     @property
     def steps_per_epoch(self) -> int:

@@ -30,6 +30,7 @@ from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData, Stack
 from vae_core.data import DataError, MissingDataError, binarize, check_data_dir, load_dataset, offline_from_env
+from vae_core.registry import origins
 
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
 
@@ -184,7 +185,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
                 "eval_images")
     row = {
         "run_id": cfg.run_id, "grid": cfg.grid, "variant": cfg.variant, "posterior": m.posterior,
-        "prior": m.prior, "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,
+        "prior": m.prior, **origins(m), "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,
         "seed": t.seed, "optimizer": t.optimizer, "batch_size": t.batch_size, "max_steps": t.max_steps,
         **{c: math.nan for c in nan_cols},
         "iw_samples": cfg.eval.iw_samples, "data_digest": "",
