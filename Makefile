@@ -1,4 +1,4 @@
-# Two entry points: `make run` (the main job) and `make test` (the test suite).
+# Two entry points: `make run` (the main job) and `make test` (the docs build, then the test suite).
 # On a machine without nvidia-smi, torch is pinned to the CPU wheel (constraints-cpu.txt) so pip never
 # pulls CUDA packages; on a GPU machine pip resolves its normal CUDA build.
 VENV ?= .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 GRID ?= configs/quick.toml
 TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 
-.PHONY: install run test bench report
+.PHONY: install run test bench report docs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
@@ -20,8 +20,12 @@ run: install
 report: install
 	$(VENV)/bin/vaebench report
 
-test: install
+test: install docs
 	$(VENV)/bin/pytest -q --benchmark-disable
+
+# the documentation site (mkdocs.yml, docs/), built offline; warnings are errors
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $${TMPDIR:-/tmp}/vaebench-site
 
 bench: install
 	$(VENV)/bin/pytest -q --benchmark-only
