@@ -1,7 +1,7 @@
 """The example plugin (examples/vaebench-radial) end to end, as a user installs it: built and installed into a
 temporary folder (offline, the venv untouched), found through its entry point by a subprocess whose PYTHONPATH
-holds that folder; `vaebench check` passes; the tiny grid trains it beside mean-field and the rows say where each
-family came from; a copy with its log-det's sign flipped fails `vaebench check` on the right lines."""
+holds that folder; `vaebench check` passes; the tiny grid trains it beside mean-field, the rows and the report say
+where each family came from; a copy with its log-det's sign flipped fails `vaebench check` on the right lines."""
 
 from __future__ import annotations
 
@@ -62,6 +62,10 @@ def test_the_radial_plugin_checks_trains_and_is_caught_when_broken(tmp_path, sha
     assert rows.loc["radial", "posterior_origin"] == "vaebench-radial==0.1.0"
     assert rows.loc["mean-field", "posterior_origin"] == "builtin" and set(rows["prior_origin"]) == {"builtin"}
     assert (rows["test_iw_log_px"] >= rows["test_elbo"]).all()
+    report = vaebench(site, "report", "--results", str(results), "--data-dir", str(shared_data_dir), "--offline")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "- Families from plugins: radial (posterior, vaebench-radial==0.1.0)." in \
+        (results / "report" / "report.md").read_text()
 
     flipped = install(EXAMPLE, tmp_path, "flipped", mutate=SIGN_LINE.replace("log_abs_det = ", "log_abs_det = -("
                                                                            ) + ")")

@@ -19,6 +19,7 @@ from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.literature import literature_markdown
+from bench.report.origins import origin_lines
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
@@ -158,6 +159,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     bold = best_row(table)
     display = display_main_table(table, show_lr)
     md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
+    md += origin_lines(runs)  # plugin families and where they came from
 
     md += [""] + versus_md
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
