@@ -52,8 +52,9 @@ def default_float64() -> Iterator[None]:
 
 def perturbed_model(posterior: str = "mean-field", prior: str = "standard", latent_dim: int = 2, seed: int = 0,
                     std: float = 0.3) -> VAE:
-    """A float64 VAE (data_dim 4, hidden [16]) whose every parameter has seeded N(0, std^2) noise added."""
-    with default_float64():
+    """A float64 VAE (data_dim 4, hidden [16]) whose every parameter has seeded N(0, std^2) noise added; the
+    caller's global random state is left as it was."""
+    with default_float64(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_vae({"data_dim": 4, "latent_dim": latent_dim, "posterior": posterior, "prior": prior,
                            "hidden": [16], "prior_components": 5})
