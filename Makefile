@@ -1,4 +1,4 @@
-# Two entry points: `make run` (the main job) and `make test` (the test suite).
+# Two entry points: `make run` (the main job) and `make test` (the docs build, then the test suite).
 # On a machine without nvidia-smi, torch is pinned to the CPU wheel (constraints-cpu.txt) so pip never
 # pulls CUDA packages; on a GPU machine pip resolves its normal CUDA build.
 VENV ?= .venv
@@ -9,7 +9,7 @@ TORCH_PIN := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu
 PYTHON ?= python3
 GPU_CHECK_ARGS ?=
 
-.PHONY: install run test bench report gpu-check
+.PHONY: install run test bench report docs gpu-check
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
@@ -23,8 +23,12 @@ run: install
 report: install
 	$(VENV)/bin/vaebench report
 
-test: install
+test: install docs
 	$(VENV)/bin/pytest -q --benchmark-disable
+
+# the documentation site (mkdocs.yml, docs/), built offline; warnings are errors
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $${TMPDIR:-/tmp}/vaebench-site
 
 bench: install
 	$(VENV)/bin/pytest -q --benchmark-only

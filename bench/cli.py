@@ -101,6 +101,22 @@ def data(
 
 
 @app.command()
+def check(
+    kind: str = typer.Argument(..., help="posterior | prior"),
+    name: str = typer.Argument(..., help="A built-in, an installed plugin's name, or 'module.path:ClassName'."),
+    compile: bool = typer.Option(False, "--compile", help="Also check compiled = eager (~10-30 s on a CPU)."),
+) -> None:
+    """Run the family contract on a posterior family or a prior: a table of checks; exit 1 if one fails."""
+    from bench.check_command import run_check
+
+    try:
+        code = run_check(kind, name, compile)
+    except _data_error_types() as err:
+        _user_error(err)
+    raise typer.Exit(code)
+
+
+@app.command()
 def bench() -> None:
     """Speed checks: train-step and IW-evaluation throughput per family vs. a plain baseline."""
     import pytest

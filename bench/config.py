@@ -11,7 +11,9 @@ from typing import Any
 
 from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
-from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, train_examples
+from vae_core.data.errors import DataError
+from vae_core.data.registry import DEFAULT_SPLIT_SEED, get_spec, train_examples
+from vae_core.registry import check_model
 
 TRAIN_EXAMPLES = train_examples()
 """Training-set size per dataset, from the dataset registry (the runner checks the loaded set against it)."""
@@ -82,7 +84,7 @@ class TrainConfig:
 
     def steps_per_epoch(self, dataset: str) -> int:
         """Optimizer steps in one pass over the training set (the last partial batch is dropped)."""
-        return max(1, TRAIN_EXAMPLES[dataset] // self.batch_size)
+        return max(1, get_spec(dataset).splits[0] // self.batch_size)
 
     def in_steps(self, dataset: str) -> "TrainConfig":
         """The config with every duration given in epochs (key `*_epochs` > 0) also set in steps: max_steps,
@@ -104,13 +106,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = choice("binarized-mnist", tuple(DATASETS))
+    dataset: str = "binarized-mnist"
     max_eval_images: int = 0
     eval_subset_seed: int = 1234
     eval_batch_size: int = 500
     split_seed: int = DEFAULT_SPLIT_SEED  # orders the images of datasets without a published split (frey, omniglot)
 
     def __post_init__(self) -> None:
+        try:
+            get_spec(self.dataset)  # a built-in, a `vaebench.datasets` plugin or 'module.path:NAME'
+        except DataError as err:
+            raise ConfigError(f"'data.dataset': {err}") from None
         if self.max_eval_images < 0:
             raise ConfigError(f"'data.max_eval_images' must be >= 0 (0 = full sets); got {self.max_eval_images}")
         if self.eval_batch_size < 1:
@@ -148,7 +154,7 @@ def defaults() -> dict[str, dict[str, Any]]:
 def model_for_dataset(model: ModelConfig, dataset: str) -> ModelConfig:
     """The model with data_dim and image_shape taken from the dataset (where left at their 28x28 defaults), or a
     ConfigError when its shape or likelihood does not fit the dataset (Bernoulli on 8-bit data, say)."""
-    spec = DATASETS[dataset]
+    spec = get_spec(dataset)
     height, width = spec.image_shape
     default = ModelConfig.__dataclass_fields__
     if model.data_dim == default["data_dim"].default and model.image_shape == default["image_shape"].default:
@@ -180,6 +186,7 @@ class RunConfig:
         if self.train.objective == "iwae" and self.model.kl != "mc":
             raise ConfigError("'train.objective' = 'iwae' needs 'model.kl' = 'mc' (the bound needs per-sample "
                               "log-weights)")
+        check_model(self.model)  # the families resolve and accept the config, before anything runs
 
     @property
     def steps_per_epoch(self) -> int:

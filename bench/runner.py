@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.config import TRAIN_EXAMPLES, RunConfig
+from bench.config import RunConfig
 from bench.errors import UserError
 from bench.executors.local import LocalExecutor
 from bench.gridfile import load_grid
@@ -30,6 +30,8 @@ from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData, Stack
 from vae_core.data import DataError, MissingDataError, binarize, check_data_dir, load_dataset, offline_from_env
+from vae_core.data.registry import get_spec
+from vae_core.registry import origins
 
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
 
@@ -82,7 +84,7 @@ def eval_subset(x: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
 def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> RunData:
     ds = load_dataset(cfg.data.dataset, data_dir, split_seed=cfg.data.split_seed)
     d = cfg.data
-    expected = TRAIN_EXAMPLES[d.dataset]
+    expected = get_spec(d.dataset).splits[0]
     if cfg.train.counts_epochs and ds.train.shape[0] != expected:
         raise UserError(f"{d.dataset}: {ds.train.shape[0]} training images, but epochs in the config are counted "
                         f"for {expected}")
@@ -192,7 +194,7 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
                 "train_examples_per_s", "train_seconds", "eval_seconds", "eval_images")
     row = {
         "run_id": cfg.run_id, "grid": cfg.grid, "variant": cfg.variant, "posterior": m.posterior,
-        "prior": m.prior, "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,
+        "prior": m.prior, **origins(m), "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,
         "seed": t.seed, "optimizer": t.optimizer, "batch_size": t.batch_size, "max_steps": t.max_steps,
         **{c: math.nan for c in nan_cols},
         "iw_samples": cfg.eval.iw_samples, "data_digest": "",

@@ -1,17 +1,18 @@
-"""Priors: each density integrates to 1, its samples follow its density, and the mixture priors equal their
-brute-force definitions. Every prior in PRIORS is checked (read at collection time), at latent_dim = 2 on a
+"""Priors: each density integrates to 1 and its samples follow it (vae_core.contract: the grid, moment and
+histogram checks live there and run for every registered prior in tests/test_contract.py), the sampling checks
+catch a mismatched sampler, and the mixture priors equal their brute-force definitions. At latent_dim = 2 on a
 fine grid, after randomly perturbing all learnable parameters so the checks do not just test the init.
 """
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 from torch.distributions import Normal
 
-from vae_core import PRIORS, build_vae
+from vae_core import PRIORS, contract
+from vae_core.contract.families import p_mass, p_samples
 
 L = 10.0  # grid half-width
 H = 0.025  # grid step; cell-centred points: -L + H/2, ..., L - H/2
@@ -24,81 +25,27 @@ pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
 def perturbed_model(prior: str, seed: int = 0, std: float = 0.3):
     """A VAE (data_dim 4, latent 2) whose every parameter, prior included, has random noise added."""
-    torch.manual_seed(seed)
-    model = build_vae({"data_dim": 4, "latent_dim": 2, "prior": prior, "hidden": [16], "prior_components": 5})
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
-
-
-def grid() -> torch.Tensor:
-    n = round(2 * L / H)
-    xs = -L + H * (torch.arange(n) + 0.5)  # [n]
-    return torch.stack(torch.meshgrid(xs, xs, indexing="ij"), -1).reshape(-1, 2)  # [n*n, 2]
+    return contract.perturbed_model(prior=prior, seed=seed, std=std)
 
 
 def grid_probabilities(prior) -> tuple[torch.Tensor, torch.Tensor]:
     """(grid points [G, 2], probability mass of each grid cell [G]) by the midpoint rule."""
-    z = grid()
-    with torch.no_grad():
-        return z, prior.log_prob(z).exp() * H * H
+    return contract.grid_mass(prior.log_prob, L, H)
 
 
-def assert_grid_is_wide_enough(z: torch.Tensor, p: torch.Tensor) -> None:
-    """The grid must hold (nearly) all the mass, or the checks below would be vacuous."""
-    outer = p[z.abs().max(-1).values > 0.8 * L].sum()
-    assert outer < 1e-4, f"{outer:.2g} of the mass lies in the grid's outer band: widen the grid"
+def moment_errors(samples, z, p):
+    return contract.moment_errors(samples, z, p)
 
 
-@pytest.mark.parametrize("name", list(PRIORS))
-def test_density_integrates_to_one(name):
-    for seed in (0, 1):
-        z, p = grid_probabilities(perturbed_model(name, seed).prior)
-        assert_grid_is_wide_enough(z, p)
-        assert abs(p.sum().item() - 1) < 0.01, f"{name}: integral {p.sum().item():.5f}"
-
-
-def moment_errors(samples: torch.Tensor, z: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean error / SE [2], covariance error / SE [2, 2]): sample moments vs grid-integrated moments."""
-    n = samples.shape[0]
-    p = p / p.sum()
-    mean = (p[:, None] * z).sum(0)  # [2]
-    cov = ((z - mean).T * p) @ (z - mean)  # [2, 2]
-    c = samples - samples.mean(0)  # [n, 2]
-    products = c[:, :, None] * c[:, None, :]  # [n, 2, 2]
-    mean_se = samples.std(0) / math.sqrt(n)
-    cov_se = products.std(0) / math.sqrt(n)
-    return (samples.mean(0) - mean).abs() / mean_se, (products.mean(0) - cov).abs() / cov_se
-
-
-def histogram_z_scores(samples: torch.Tensor, z: torch.Tensor, p: torch.Tensor, min_expected: float = 25
-                       ) -> torch.Tensor:
-    """(observed - expected) / sqrt(expected) per CELL x CELL histogram cell with enough expected counts."""
-    n_cells = round(2 * L / CELL)
-
-    def cell_index(points):
-        ij = torch.floor((points + L) / CELL).long()  # [N, 2]
-        inside = ((ij >= 0) & (ij < n_cells)).all(-1)
-        return ij[inside, 0] * n_cells + ij[inside, 1]
-
-    expected = torch.zeros(n_cells**2).index_add_(0, cell_index(z), p) * samples.shape[0]
-    observed = torch.bincount(cell_index(samples), minlength=n_cells**2).to(expected.dtype)
-    keep = expected >= min_expected
-    return (observed[keep] - expected[keep]) / expected[keep].sqrt()
+def histogram_z_scores(samples, z, p):
+    return contract.histogram_z_scores(samples, z, p, L, CELL)
 
 
 @pytest.mark.parametrize("name", list(PRIORS))
-def test_samples_follow_the_density(name):
-    prior = perturbed_model(name, seed=2).prior
-    z, p = grid_probabilities(prior)
-    assert_grid_is_wide_enough(z, p)
-    samples = prior.sample(N_SAMPLES, generator=torch.Generator().manual_seed(3))  # [n, 2]
-    mean_z, cov_z = moment_errors(samples, z, p)
-    assert mean_z.max() < 5 and cov_z.max() < 5, f"{name}: mean z {mean_z.tolist()}, cov z {cov_z.tolist()}"
-    scores = histogram_z_scores(samples, z, p)
-    assert len(scores) >= 10 and scores.abs().max() < 5, f"{name}: worst cell {scores.abs().max():.2f} SE"
+def test_density_integrates_to_one_and_samples_follow_it(name):
+    """The contract's checks (also run by tests/test_contract.py for every registered prior, plugins included)."""
+    for check in (p_mass(name), p_samples(name)):
+        assert check.passed, f"{name}: {check.name}: {check.value}"
 
 
 def test_sample_checks_detect_a_mismatched_sampler():

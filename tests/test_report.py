@@ -260,3 +260,13 @@ def test_several_grids_are_labelled():
     runs = normalize_runs(pd.DataFrame([row("v", 1e-3, 0, val=-1.0, test_px=-1.0, test_elbo=-1.0, grid="g1"),
                                         row("v", 1e-3, 0, val=-2.0, test_px=-2.0, test_elbo=-2.0, grid="g2")]))
     assert sorted(main_table(runs)["variant"]) == ["g1/v", "g2/v"]
+
+
+def test_the_report_names_plugin_families_and_their_origin():
+    from bench.report.origins import origin_lines
+
+    runs = pd.DataFrame({"posterior": ["mean-field", "radial", "radial"], "prior": ["standard"] * 3,
+                         "posterior_origin": ["builtin", "vaebench-radial==0.1.0", "vaebench-radial==0.1.0"],
+                         "prior_origin": ["builtin"] * 3})
+    assert origin_lines(runs) == ["- Families from plugins: radial (posterior, vaebench-radial==0.1.0)."]
+    assert origin_lines(runs.iloc[:1]) == [] and origin_lines(runs.drop(columns=["posterior_origin"]).iloc[:1]) == []

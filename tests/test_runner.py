@@ -312,8 +312,10 @@ def test_cli_end_to_end_then_rerun_skips_everything(real_small_grid):
                 "optimizer", "batch_size", "max_steps", "steps_done", "status", "best_step", "val_elbo",
                 "test_elbo", "test_iw_log_px", "iw_samples", "train_examples_per_s", "eval_seconds",
                 "wall_seconds", "device", "torch_threads", "torch_version", "git_commit", "config_hash",
-                "started_at", "finished_at", "eval_images", "data_digest", "model.posterior", "train.lr"):
+                "started_at", "finished_at", "eval_images", "data_digest", "model.posterior", "train.lr",
+                "posterior_origin", "prior_origin"):
         assert col in runs.columns, col
+    assert set(runs["posterior_origin"]) == set(runs["prior_origin"]) == {"builtin"}
     assert (runs["test_iw_log_px"] < 0).all() and (runs["test_iw_log_px"] >= runs["test_elbo"] - 1.0).all()
     assert (runs["steps_done"] == 12).all() and (runs["eval_images"] == 64).all()
     assert (runs["train_examples_per_s"] > 0).all()

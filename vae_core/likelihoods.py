@@ -98,3 +98,12 @@ class DiscretizedLogistic:
 
 
 LIKELIHOODS: dict[str, type] = {"bernoulli": Bernoulli, "discretized-logistic": DiscretizedLogistic}
+
+
+def likelihood_for(name: str) -> type:
+    """The likelihood `name` (a key of LIKELIHOODS); a one-line ConfigError naming the key otherwise."""
+    from vae_core.config import ConfigError
+
+    if name not in LIKELIHOODS:
+        raise ConfigError(f"'model.likelihood' must be one of {', '.join(map(repr, LIKELIHOODS))}; got {name!r}")
+    return LIKELIHOODS[name]

@@ -12,10 +12,10 @@ import torch.nn as nn
 from vae_core.config import ConfigError, ModelConfig, to_dict
 from vae_core.distributions import kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
-from vae_core.likelihoods import LIKELIHOODS
+from vae_core.likelihoods import likelihood_for
 from vae_core.nets import Decoder, Encoder
-from vae_core.posteriors import POSTERIORS, standard_normal
-from vae_core.priors import PRIORS
+from vae_core.posteriors import standard_normal
+from vae_core.registry import build_posterior, build_prior
 
 CHECKPOINT_FORMAT = "vaebench-vae/1"
 
@@ -31,11 +31,11 @@ class VAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.posterior = POSTERIORS[config.posterior].from_config(config)
-        self.encoder = Encoder(config, self.posterior.context_dim)
-        self.likelihood = LIKELIHOODS[config.likelihood]
+        self.posterior = build_posterior(config)
+        self.encoder = Encoder(config, getattr(self.posterior, "context_dim", 0))
+        self.likelihood = likelihood_for(config.likelihood)
         self.decoder = Decoder(config, self.likelihood.params_per_pixel)
-        self.prior = PRIORS[config.prior].from_config(config, self.encoder)
+        self.prior = build_prior(config, self.encoder)
 
     def noise(self, k: int, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The standard-normal noise [k, B, D] behind k posterior samples for each row of x [B, P]."""
@@ -114,7 +114,8 @@ class VAE(nn.Module):
         c = self.config
         per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
         return (self.likelihood.floats_per_pixel * c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim
-                + self.posterior.floats_per_sample + self.prior.floats_per_sample)
+                + getattr(self.posterior, "floats_per_sample", 0)
+                + getattr(self.prior, "floats_per_sample", 0))
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:

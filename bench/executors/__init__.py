@@ -1,13 +1,11 @@
-"""Where tasks run. An executor maps `execute_task` over tasks (each a stack of one or more runs) and yields
-each task's result rows as it completes; the runner decides what to run, executors decide where."""
+"""Where tasks run. An executor maps a picklable function over tasks (each a stack of one or more runs) and
+yields each task's result as it completes; the runner decides what to run, executors decide where. Executors
+know nothing of what a task is (no import of the runner)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
-
-if TYPE_CHECKING:
-    from bench.runner import RunTask
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 
 class Executor(Protocol):
-    def map(self, fn: Callable[[RunTask], list[dict]], tasks: Sequence[RunTask]) -> Iterator[list[dict]]: ...
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]: ...

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from bench.runner import RunTask
-    from bench.train import ProgressFn
+from typing import Any, Callable, Iterator, Sequence
 
 
 class LocalExecutor:
-    """In this process (jobs = 1, with live progress) or in `jobs` worker processes."""
+    """In this process (jobs = 1: `fn(task, on_progress(task))`, live progress) or in `jobs` worker processes
+    (`fn(task)`)."""
 
-    def __init__(self, jobs: int = 1, on_progress: "Callable[[RunTask], ProgressFn] | None" = None):
+    def __init__(self, jobs: int = 1, on_progress: Callable[[Any], Any] | None = None):
         self.jobs, self.on_progress = jobs, on_progress
 
-    def map(self, fn, tasks):
+    def map(self, fn: Callable[..., Any], tasks: Sequence[Any]) -> Iterator[Any]:
         if self.jobs == 1:
             for task in tasks:
                 yield fn(task, self.on_progress(task) if self.on_progress else None)

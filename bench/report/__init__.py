@@ -20,6 +20,7 @@ from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.datasets import dataset_groups, is_8bit, units_sentence
 from bench.report.literature import literature_markdown
+from bench.report.origins import origin_lines
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
@@ -152,6 +153,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     references = _baselines(groups, baseline)
     out.mkdir(parents=True, exist_ok=True)
     md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
+    md += origin_lines(runs)  # plugin families and where they came from
     if len(groups) > 1:
         md.append(f"- Datasets: {', '.join(f'`{name}`' for name, _ in groups)}. Each has its own section; variants "
                   "are compared only within a dataset, never across.")

@@ -71,12 +71,15 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
 
 def get_spec(name: str) -> DatasetSpec:
     """The registry entry `name`; DataError with a close match for an unknown name."""
-    try:
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(DATASETS), n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASETS)}") from None
+    from vae_core.registry import entry_points, resolve
+
+    if ":" in str(name) or name in entry_points("dataset"):
+        return resolve("dataset", name).obj  # a `vaebench.datasets` plugin or 'module.path:NAME' (errors: one line)
+    close = difflib.get_close_matches(str(name), list(DATASETS), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise DataError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASETS)}")
 
 
 def train_examples() -> dict[str, int]:
