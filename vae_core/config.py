@@ -111,6 +111,8 @@ class ModelConfig:
     latent_dim: int = 32
     posterior: str = "mean-field"
     posterior_flow_steps: int = 2
+    posterior_orthogonal_vectors: int = 0
+    posterior_householder_reflections: int = 8
     prior: str = "standard"
     prior_components: int = 10
     prior_flow_steps: int = 2
@@ -137,6 +139,12 @@ class ModelConfig:
              f"must be one of {', '.join(map(repr, POSTERIORS))}; got {self.posterior!r}")
         need(self.prior in PRIORS, "prior", f"must be one of {', '.join(map(repr, PRIORS))}; got {self.prior!r}")
         need(self.posterior_flow_steps >= 1, "posterior_flow_steps", f"must be >= 1; got {self.posterior_flow_steps}")
+        need(0 <= self.posterior_orthogonal_vectors <= self.latent_dim, "posterior_orthogonal_vectors",
+             f"must be in 1..latent_dim = {self.latent_dim} (0 = latent_dim); got {self.posterior_orthogonal_vectors}")
+        need(self.posterior_orthogonal_vectors == 0 or self.posterior == "sylvester-orthogonal",
+             "posterior_orthogonal_vectors", f"needs posterior 'sylvester-orthogonal'; got posterior {self.posterior!r}")
+        need(self.posterior_householder_reflections >= 1, "posterior_householder_reflections",
+             f"must be >= 1; got {self.posterior_householder_reflections}")
         need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
         need(self.prior_components >= 1, "prior_components", f"must be >= 1; got {self.prior_components}")
         need(self.flow_hidden >= 0, "flow_hidden", f"must be >= 0 (0 = 2 * latent_dim); got {self.flow_hidden}")
@@ -148,6 +156,11 @@ class ModelConfig:
              f"= {self.prior_pseudo_inputs!r} needs prior 'vamp'; got prior {self.prior!r}")
         need(self.architecture != "conv" or self.data_dim == 784, "architecture",
              f"= 'conv' needs data_dim 784 (28x28 images); got {self.data_dim}")
+
+    @property
+    def orthogonal_vectors(self) -> int:
+        """M, the orthonormal columns of an O-SNF's Q (posterior_orthogonal_vectors; 0 = latent_dim)."""
+        return self.posterior_orthogonal_vectors or self.latent_dim
 
     @property
     def made_hidden(self) -> int:
