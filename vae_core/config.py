@@ -106,7 +106,7 @@ class ModelConfig:
     """The `[model]` table: architecture, posterior family, prior family (see README, config reference)."""
 
     data_dim: int = 784
-    architecture: str = choice("mlp", ("mlp", "conv"))
+    architecture: str = choice("mlp", ("mlp", "conv", "gated-conv"))
     hidden: list[int] = (256, 256)
     latent_dim: int = 32
     posterior: str = "mean-field"
@@ -120,7 +120,7 @@ class ModelConfig:
     activation: str = choice("relu", ("relu", "tanh", "gated"))
     init: str = choice("torch", ("torch", "he", "glorot"))
     prior_pseudo_inputs: str = choice("sigmoid", ("sigmoid", "hardtanh"))
-    scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar"))
+    scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar", "softplus-variance"))
     kl: str = choice("mc", ("mc", "analytic"))
 
     def __post_init__(self) -> None:
@@ -142,7 +142,8 @@ class ModelConfig:
         need(0 <= self.posterior_orthogonal_vectors <= self.latent_dim, "posterior_orthogonal_vectors",
              f"must be in 1..latent_dim = {self.latent_dim} (0 = latent_dim); got {self.posterior_orthogonal_vectors}")
         need(self.posterior_orthogonal_vectors == 0 or self.posterior == "sylvester-orthogonal",
-             "posterior_orthogonal_vectors", f"needs posterior 'sylvester-orthogonal'; got posterior {self.posterior!r}")
+             "posterior_orthogonal_vectors",
+             f"needs posterior 'sylvester-orthogonal'; got posterior {self.posterior!r}")
         need(self.posterior_householder_reflections >= 1, "posterior_householder_reflections",
              f"must be >= 1; got {self.posterior_householder_reflections}")
         need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
@@ -156,6 +157,11 @@ class ModelConfig:
              f"= {self.prior_pseudo_inputs!r} needs prior 'vamp'; got prior {self.prior!r}")
         need(self.architecture != "conv" or self.data_dim == 784, "architecture",
              f"= 'conv' needs data_dim 784 (28x28 images); got {self.data_dim}")
+        height, width = getattr(self, "image_shape", (28, 28))
+        fits = height % 4 == 0 and width % 4 == 0 and height * width == self.data_dim
+        need(self.architecture != "gated-conv" or fits,
+             "architecture", f"= 'gated-conv' needs data_dim = height x width, both divisible by 4 (image_shape "
+             f"{height}x{width}); got data_dim {self.data_dim}")
 
     @property
     def orthogonal_vectors(self) -> int:

@@ -12,7 +12,8 @@ import torch.nn as nn
 from vae_core.config import ConfigError, ModelConfig, to_dict
 from vae_core.distributions import bernoulli_log_prob, kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
-from vae_core.nets import Decoder, Encoder
+from vae_core.gated_conv import gated_conv_decoder_floats
+from vae_core.nets import Decoder, Encoder, image_shape
 from vae_core.posteriors import POSTERIORS, standard_normal
 from vae_core.priors import PRIORS
 
@@ -102,8 +103,9 @@ class VAE(nn.Module):
         pseudo-inputs holds a [chunk, B, K, D] term)."""
         c = self.config
         per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
-        return (c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim + self.posterior.floats_per_sample
-                + self.prior.floats_per_sample)
+        decoder = (gated_conv_decoder_floats(image_shape(c)) if c.architecture == "gated-conv"
+                   else c.data_dim + per_hidden * sum(c.hidden))
+        return decoder + 4 * c.latent_dim + self.posterior.floats_per_sample + self.prior.floats_per_sample
 
     def log_weight(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, context: torch.Tensor,
                    eps: torch.Tensor) -> torch.Tensor:
