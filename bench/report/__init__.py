@@ -18,6 +18,7 @@ from bench.errors import UserError
 from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
+from bench.report.families import family_markdown
 from bench.report.literature import literature_markdown
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
@@ -172,6 +173,8 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
            "For each variant, the lr with the highest mean validation ELBO over its completed seeds; "
            "the test columns are that lr's figures.", ""]
 
+    md += family_markdown(all_runs)  # hook: the family-by-dataset table (bench/report/families.py)
+
     counts = status_counts(runs)
     bad = failures(runs)
     md += ["## Failures", "", to_markdown(counts).rstrip(), ""]
@@ -260,6 +263,8 @@ def _reproductions_report(results: Path, out: Path, reproductions: pd.DataFrame,
             "(each follows its own paper's protocol)."]
         title = "reproductions: measured vs published test log p(x), nats"
     md += [""] + reproduction_markdown(reproductions) + _progress_figure(curves, out, runs)
+    if runs is not None:
+        md += family_markdown(runs)  # hook: the family-by-dataset table (bench/report/families.py)
     md += [literature_markdown()]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(md), encoding="utf-8"))
