@@ -173,6 +173,6 @@ def test_sylvester_configs_resolve_to_the_official_codes_protocol(path):
         if posterior == "sylvester-orthogonal":
             assert m.orthogonal_vectors == extra
         if posterior == "sylvester-householder":
-            assert m.posterior_householder_reflections == extra
+            assert m.householder_reflections == extra
         if posterior == "iaf":
             assert m.flow_hidden == 320

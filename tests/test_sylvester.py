@@ -137,6 +137,20 @@ def test_triangular_flow_reverse_is_the_reversal_permutation():
         torch.testing.assert_close((y, ld), (y_q, ld_q), rtol=0, atol=1e-12)
 
 
+def test_triangular_posterior_alternates_identity_and_reversal():
+    """T-SNF: flow 0 with Q = I, flow 1 with Q = the reversal, flow 2 with Q = I (the official code's order)."""
+    post = TriangularSylvesterPosterior(3, steps=3)
+    context = torch.randn(2, post.context_dim, generator=gen(17))  # [B, C]
+    z = torch.randn(4, 2, 3, generator=gen(18))  # [k, B, D]
+    expected, total = z, torch.zeros(4, 2)
+    for i, params in enumerate(context.unflatten(-1, (3, -1)).unbind(1)):  # [B, 9 + 9] each
+        full, diag, diag_tilde, b = params.split([9, 3, 3, 3], dim=-1)
+        r, r_tilde = triangular_pair(full.unflatten(-1, (3, 3)), diag, diag_tilde)
+        expected, ld = sylvester(expected, torch.eye(3).flip(0) if i == 1 else torch.eye(3), r, r_tilde, b)
+        total = total + ld
+    torch.testing.assert_close(post.flow(z, context), (expected, total), rtol=0, atol=1e-12)
+
+
 # ---- the invertibility constraint --------------------------------------------------------------------------
 
 def test_diagonals_keep_the_map_invertible_for_any_raw_input():
@@ -177,9 +191,13 @@ def test_families_build_from_config_keys(family):
         assert post.context_dim == 3 * (25 + 15)
 
 
-def test_orthogonal_vectors_default_to_latent_dim():
+def test_orthogonal_vectors_default_to_latent_dim_and_reflections_to_at_most_eight():
     model = build_vae({"data_dim": 6, "latent_dim": 5, "posterior": "sylvester-orthogonal", "hidden": [8]})
     assert model.posterior.m == 5
+    for latent_dim, reflections in [(3, 3), (8, 8), (64, 8)]:
+        model = build_vae({"data_dim": 6, "latent_dim": latent_dim, "posterior": "sylvester-householder",
+                           "hidden": [8]})
+        assert model.posterior.reflections == reflections
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -189,7 +207,7 @@ def test_orthogonal_vectors_default_to_latent_dim():
      "'model.posterior_orthogonal_vectors' must be in 1..latent_dim = 5"),
     ({"posterior": "planar", "posterior_orthogonal_vectors": 2},
      "'model.posterior_orthogonal_vectors' needs posterior 'sylvester-orthogonal'"),
-    ({"posterior": "sylvester-householder", "posterior_householder_reflections": 0},
+    ({"posterior": "sylvester-householder", "posterior_householder_reflections": -1},
      "'model.posterior_householder_reflections' must be >= 1"),
 ])
 def test_bad_flow_keys_are_one_line_config_errors(keys, message):

@@ -112,7 +112,7 @@ class ModelConfig:
     posterior: str = "mean-field"
     posterior_flow_steps: int = 2
     posterior_orthogonal_vectors: int = 0
-    posterior_householder_reflections: int = 8
+    posterior_householder_reflections: int = 0
     prior: str = "standard"
     prior_components: int = 10
     prior_flow_steps: int = 2
@@ -144,8 +144,8 @@ class ModelConfig:
         need(self.posterior_orthogonal_vectors == 0 or self.posterior == "sylvester-orthogonal",
              "posterior_orthogonal_vectors",
              f"needs posterior 'sylvester-orthogonal'; got posterior {self.posterior!r}")
-        need(self.posterior_householder_reflections >= 1, "posterior_householder_reflections",
-             f"must be >= 1; got {self.posterior_householder_reflections}")
+        need(self.posterior_householder_reflections >= 0, "posterior_householder_reflections",
+             f"must be >= 1 (0 = min(8, latent_dim)); got {self.posterior_householder_reflections}")
         need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
         need(self.prior_components >= 1, "prior_components", f"must be >= 1; got {self.prior_components}")
         need(self.flow_hidden >= 0, "flow_hidden", f"must be >= 0 (0 = 2 * latent_dim); got {self.flow_hidden}")
@@ -167,6 +167,13 @@ class ModelConfig:
     def orthogonal_vectors(self) -> int:
         """M, the orthonormal columns of an O-SNF's Q (posterior_orthogonal_vectors; 0 = latent_dim)."""
         return self.posterior_orthogonal_vectors or self.latent_dim
+
+    @property
+    def householder_reflections(self) -> int:
+        """H, the reflections whose product is an H-SNF's Q (posterior_householder_reflections; 0 = min(8,
+        latent_dim): the official code's 8, but never more than D, since any D x D orthogonal matrix is a product
+        of at most D reflections and more only make Q's gradient worse conditioned)."""
+        return self.posterior_householder_reflections or min(8, self.latent_dim)
 
     @property
     def made_hidden(self) -> int:

@@ -234,7 +234,7 @@ class HouseholderSylvesterPosterior(SylvesterPosterior):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "HouseholderSylvesterPosterior":
-        return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.posterior_householder_reflections)
+        return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.householder_reflections)
 
     def q_matrices(self, raw):
         return householder_product(raw.unflatten(-1, (self.reflections, self.dim)))
