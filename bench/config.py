@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every_epochs: int = 0
     kl_warmup_epochs: int = 0
     patience_epochs: int = 0
+    patience_after_warmup: bool = False
 
     def __post_init__(self) -> None:
         positive = {"batch_size": self.batch_size, "max_steps": self.max_steps, "eval_every": self.eval_every,
@@ -63,6 +64,8 @@ class TrainConfig:
                 raise ConfigError(f"'train.{key}' must be >= 0; got {getattr(self, key)}")
         if self.cuda_graphs and not self.compile:
             raise ConfigError("'train.cuda_graphs' needs 'train.compile' = true (the graphs capture the compiled step)")
+        if self.patience_after_warmup and not (self.patience or self.patience_epochs):
+            raise ConfigError("'train.patience_after_warmup' needs 'train.patience' or 'train.patience_epochs' > 0")
         if self.select == "last" and (self.patience or self.patience_epochs):
             raise ConfigError("'train.patience' needs 'train.select' = 'best-valid' (early stopping watches the "
                               "best validation)")

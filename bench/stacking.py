@@ -20,7 +20,8 @@ from bench.config import RunConfig
 from bench.errors import UserError
 
 PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience",
-                "train.kl_warmup_epochs", "train.patience_epochs")  # the epoch keys resolve to the step keys
+                "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys
+                "train.patience_after_warmup")
 
 # `--stack auto` on the CPU: stack only where it was measured to pay. 9 runs stacked vs one at a time, both
 # compiled, 2-core CPU (tests/benchmarks/test_stacked.py): autoregressive flows at the quick width gain (IAF

@@ -159,7 +159,7 @@ class Run:
             self.best = {"step": self.step, "elbo": figures["elbo"], "iw_log_px": figures["iw_log_px"]}
             self.best_flat = flat.clone()
             self.evals_since_best = 0
-        else:
+        elif not (t.patience_after_warmup and self.step < t.kl_warmup_steps):  # counted after the warm-up only
             self.evals_since_best += 1
         if self.step >= t.max_steps or (t.patience and self.evals_since_best >= t.patience):
             self.status = "trained"

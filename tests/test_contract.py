@@ -36,6 +36,8 @@ CASES = [case(post, pri, d) for post in POSTERIORS for pri in PRIORS for d in (1
 CASES += [
     case("iaf", "vamp", 3, architecture="conv", data_dim=784),
     case("planar", "flow", 2, architecture="conv", data_dim=784),
+    case("sylvester-orthogonal", "standard", 3, architecture="gated-conv", data_dim=784),
+    case("householder", "vamp", 2, architecture="gated-conv", data_dim=784),
     case("mean-field", "standard", 3, kl="analytic"),
 ]
 

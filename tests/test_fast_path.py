@@ -190,7 +190,15 @@ def test_flatten_parameters_keeps_values_and_shares_storage():
 
 @pytest.mark.parametrize("config", [{"hidden": [32], "latent_dim": 4},
                                     {"hidden": [32], "latent_dim": 4, "posterior": "iaf", "prior": "vamp",
-                                     "prior_components": 3}], ids=["mean-field", "iaf-vamp"])
+                                     "prior_components": 3},
+                                    {"hidden": [32], "latent_dim": 4, "posterior": "sylvester-orthogonal",
+                                     "posterior_orthogonal_vectors": 2},
+                                    {"hidden": [32], "latent_dim": 4, "posterior": "sylvester-householder",
+                                     "posterior_householder_reflections": 2},
+                                    {"hidden": [32], "latent_dim": 4, "posterior": "sylvester-triangular",
+                                     "prior": "mog"},
+                                    {"hidden": [32], "latent_dim": 4, "posterior": "householder"}],
+                         ids=["mean-field", "iaf-vamp", "o-snf", "h-snf", "t-snf-mog", "householder"])
 def test_compiled_step_trains_like_the_eager_step(float64, config):
     """torch.compile of the one-graph step (float64): same losses and parameters as eager, step by step."""
     torch.manual_seed(0)

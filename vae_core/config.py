@@ -111,11 +111,13 @@ class ModelConfig:
     family."""
 
     data_dim: int = 784
-    architecture: str = choice("mlp", ("mlp", "conv"))
+    architecture: str = choice("mlp", ("mlp", "conv", "gated-conv"))
     hidden: list[int] = (256, 256)
     latent_dim: int = 32
     posterior: str = "mean-field"
     posterior_flow_steps: int = 2
+    posterior_orthogonal_vectors: int = 0
+    posterior_householder_reflections: int = 0
     prior: str = "standard"
     prior_components: int = 10
     prior_flow_steps: int = 2
@@ -123,7 +125,7 @@ class ModelConfig:
     activation: str = choice("relu", ("relu", "tanh", "gated"))
     init: str = choice("torch", ("torch", "he", "glorot"))
     prior_pseudo_inputs: str = choice("sigmoid", ("sigmoid", "hardtanh"))
-    scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar"))
+    scale: str = choice("softplus", ("softplus", "exp", "hardtanh-logvar", "softplus-variance"))
     kl: str = choice("mc", ("mc", "analytic"))
     likelihood: str = "bernoulli"
     image_shape: list[int] = (28, 28)
@@ -146,6 +148,13 @@ class ModelConfig:
         need(self.latent_dim >= 1, "latent_dim", f"must be >= 1; got {self.latent_dim}")
         need(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1; got {list(self.hidden)}")
         need(self.posterior_flow_steps >= 1, "posterior_flow_steps", f"must be >= 1; got {self.posterior_flow_steps}")
+        need(0 <= self.posterior_orthogonal_vectors <= self.latent_dim, "posterior_orthogonal_vectors",
+             f"must be in 1..latent_dim = {self.latent_dim} (0 = latent_dim); got {self.posterior_orthogonal_vectors}")
+        need(self.posterior_orthogonal_vectors == 0 or self.posterior == "sylvester-orthogonal",
+             "posterior_orthogonal_vectors",
+             f"needs posterior 'sylvester-orthogonal'; got posterior {self.posterior!r}")
+        need(self.posterior_householder_reflections >= 0, "posterior_householder_reflections",
+             f"must be >= 1 (0 = min(8, latent_dim)); got {self.posterior_householder_reflections}")
         need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
         need(self.prior_components >= 1, "prior_components", f"must be >= 1; got {self.prior_components}")
         need(self.flow_hidden >= 0, "flow_hidden", f"must be >= 0 (0 = 2 * latent_dim); got {self.flow_hidden}")
@@ -158,6 +167,20 @@ class ModelConfig:
         need(self.architecture != "conv" or (height % 4 == 0 and width % 4 == 0), "architecture",
              f"= 'conv' needs image_shape sides divisible by 4 (two stride-2 convolutions); "
              f"got {list(self.image_shape)}")
+        need(self.architecture != "gated-conv" or (height % 4 == 0 and width % 4 == 0), "architecture",
+             f"= 'gated-conv' needs image_shape sides divisible by 4; got {list(self.image_shape)}")
+
+    @property
+    def orthogonal_vectors(self) -> int:
+        """M, the orthonormal columns of an O-SNF's Q (posterior_orthogonal_vectors; 0 = latent_dim)."""
+        return self.posterior_orthogonal_vectors or self.latent_dim
+
+    @property
+    def householder_reflections(self) -> int:
+        """H, the reflections whose product is an H-SNF's Q (posterior_householder_reflections; 0 = min(8,
+        latent_dim): the official code's 8, but never more than D, since any D x D orthogonal matrix is a product
+        of at most D reflections and more only make Q's gradient worse conditioned)."""
+        return self.posterior_householder_reflections or min(8, self.latent_dim)
 
     @property
     def made_hidden(self) -> int:

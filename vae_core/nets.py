@@ -1,4 +1,5 @@
-"""Encoder and decoder networks (MLP for any pixel count; conv for images whose sides divide by 4), built from a
+"""Encoder and decoder networks (MLP for any pixel count; conv for images whose sides divide by 4; the gated
+convs of `vae_core.gated_conv`), built from a
 ModelConfig."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vae_core.config import ModelConfig
+from vae_core.gated_conv import GATED_CONV_FEATURES, gated_conv_decoder, gated_conv_encoder
 
 CONV_CHANNELS = (32, 64)
 CONV_STRIDE = 4  # two stride-2 convs: 28x28 -> 7x7, 28x20 -> 7x5
@@ -91,7 +93,18 @@ def hardtanh_logvar_scale(raw: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.5 * F.hardtanh(raw, -6.0, 2.0))
 
 
-SCALES = {"softplus": F.softplus, "exp": torch.exp, "hardtanh-logvar": hardtanh_logvar_scale}
+def softplus_variance_scale(raw: torch.Tensor) -> torch.Tensor:
+    """scale = sqrt(softplus(raw)): the variance through a softplus (the Sylvester-flows code's encoder)."""
+    return F.softplus(raw).sqrt()
+
+
+SCALES = {"softplus": F.softplus, "exp": torch.exp, "hardtanh-logvar": hardtanh_logvar_scale,
+          "softplus-variance": softplus_variance_scale}
+
+
+def image_shape(cfg: ModelConfig) -> tuple[int, int]:
+    """(height, width) of the images: `model.image_shape` where the config has it, else 28x28."""
+    return tuple(getattr(cfg, "image_shape", (28, 28)))
 
 
 class Encoder(nn.Module):
@@ -105,6 +118,8 @@ class Encoder(nn.Module):
         if cfg.architecture == "conv":
             flat = CONV_CHANNELS[1] * math.prod(conv_grid(cfg.image_shape))
             self.net = nn.Sequential(conv_body(cfg.image_shape), mlp([flat, *cfg.hidden, out], cfg.activation))
+        elif cfg.architecture == "gated-conv":  # the heads are one linear layer on the 256 features
+            self.net = nn.Sequential(gated_conv_encoder(image_shape(cfg)), nn.Linear(GATED_CONV_FEATURES, out))
         else:
             self.net = mlp([cfg.data_dim, *cfg.hidden, out], cfg.activation)
         init_linear_layers(self.net, cfg.init)
@@ -131,6 +146,8 @@ class Decoder(nn.Module):
             flat = CONV_CHANNELS[1] * math.prod(conv_grid(cfg.image_shape))
             self.net = nn.Sequential(mlp([cfg.latent_dim, *hidden, flat], cfg.activation), nn.ReLU(),
                                      deconv_head(cfg.image_shape, params_per_pixel))
+        elif cfg.architecture == "gated-conv":
+            self.net = gated_conv_decoder(cfg.latent_dim, image_shape(cfg), params_per_pixel)
         else:
             self.net = mlp([cfg.latent_dim, *hidden, params_per_pixel * cfg.data_dim], cfg.activation)
         init_linear_layers(self.net, cfg.init)

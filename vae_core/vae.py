@@ -12,8 +12,9 @@ import torch.nn as nn
 from vae_core.config import ConfigError, ModelConfig, to_dict
 from vae_core.distributions import kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
+from vae_core.gated_conv import gated_conv_decoder_floats
 from vae_core.likelihoods import likelihood_for
-from vae_core.nets import Decoder, Encoder
+from vae_core.nets import Decoder, Encoder, image_shape
 from vae_core.posteriors import standard_normal
 from vae_core.registry import build_posterior, build_prior
 
@@ -113,7 +114,9 @@ class VAE(nn.Module):
         terms: `mixture_floats_per_sample`)."""
         c = self.config
         per_hidden = 4 if c.activation == "gated" else 2  # gated: h, g, sigmoid(g) and their product
-        return (self.likelihood.floats_per_pixel * c.data_dim + per_hidden * sum(c.hidden) + 4 * c.latent_dim
+        decoder = (gated_conv_decoder_floats(image_shape(c)) if c.architecture == "gated-conv"
+                   else per_hidden * sum(c.hidden))
+        return (self.likelihood.floats_per_pixel * c.data_dim + decoder + 4 * c.latent_dim
                 + getattr(self.posterior, "floats_per_sample", 0)
                 + getattr(self.prior, "floats_per_sample", 0))
 

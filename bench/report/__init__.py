@@ -19,6 +19,7 @@ from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.datasets import dataset_groups, is_8bit, units_sentence
+from bench.report.families import family_markdown
 from bench.report.literature import literature_markdown
 from bench.report.origins import origin_lines
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
@@ -163,6 +164,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
                                            len(groups) > 1)
         md += section
         printed.append(shown)
+    md += family_markdown(all_runs)  # hook: the family-by-dataset table (bench/report/families.py)
     if not reproductions.empty:
         md += reproduction_markdown(reproductions) + _progress_figure(curves, out, all_runs)
     md += [literature_markdown()]
@@ -306,6 +308,8 @@ def _reproductions_report(results: Path, out: Path, reproductions: pd.DataFrame,
             "(each follows its own paper's protocol)."]
         title = "reproductions: measured vs published test log p(x), nats"
     md += [""] + reproduction_markdown(reproductions) + _progress_figure(curves, out, runs)
+    if runs is not None:
+        md += family_markdown(runs)  # hook: the family-by-dataset table (bench/report/families.py)
     md += [literature_markdown()]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(md), encoding="utf-8"))
