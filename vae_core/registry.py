@@ -222,5 +222,5 @@ def check_model(cfg: ModelConfig) -> None:
 
     resolve("posterior", cfg.posterior)
     resolve("prior", cfg.prior)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         VAE(cfg)
