@@ -50,7 +50,12 @@ class VAE(nn.Module):
 
     def _log_densities(self, x, loc, scale, context, eps):
         z, log_q = self.posterior.from_noise(loc, scale, context, eps)  # [k, B, D], [k, B]
-        return bernoulli_log_prob(x, self.decoder(z)), self.prior.log_prob(z), log_q
+        return (*self.log_joint(x, z), log_q)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z)), each [k, B], for latents z [k, B, D] from any proposal (pure): the model's
+        side of every log-weight, e.g. of a Gaussian fitted per image (`vae_core.gaps`)."""
+        return bernoulli_log_prob(x, self.decoder(z)), self.prior.log_prob(z)
 
     def elbo_terms(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
