@@ -42,8 +42,9 @@ def has_gaps(row: dict) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def gaps_command(results: Path, data_dir: Path | None, device: str = "auto", out: TextIO = sys.stdout) -> int:
+def gaps_command(results: Path, data_dir: Path | None, device: str = "auto", out: TextIO | None = None) -> int:
     """Compute the missing gaps of a results folder; returns the exit code (1 if a run could not be done)."""
+    out = out or sys.stdout
     check_data_dir(data_dir)
     layout = ResultsLayout(results)
     paths = sorted((layout.root / "runs").glob("*.parquet"))
