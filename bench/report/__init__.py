@@ -18,6 +18,7 @@ from bench.errors import UserError
 from bench.storage import atomic_write
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
                                   plot_versus, plot_versus_by_lr)
+from bench.report.gaps import gaps_markdown
 from bench.report.literature import literature_markdown
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
@@ -160,6 +161,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     md = _header(runs, results, benchmark_curves(curves, all_runs)) + [f"- {n}" for n in read_notes]
 
     md += [""] + versus_md
+    md += gaps_markdown(runs, reference, out)  # inference gaps: only runs that have them
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
     rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
             if bold is not None else "No row has a validation ELBO, so none is marked best.")
