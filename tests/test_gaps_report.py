@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from bench.report import make_report
@@ -36,7 +37,7 @@ def rows() -> list[dict]:
 
 
 def test_gap_table_uses_the_paired_versus_difference_and_the_sentence_names_only_what_excludes_0():
-    tables = gap_tables(normalize_runs(__import__("pandas").DataFrame(rows())), "mean-field")
+    tables = gap_tables(normalize_runs(pd.DataFrame(rows())), "mean-field")
     assert set(tables) == {"binarized-mnist", "mnist-dynamic"}
     t = tables["binarized-mnist"].set_index("variant")
     expect = paired_difference(IAF_AMORT_DELTA, [0.0, 0.0, 0.0])
