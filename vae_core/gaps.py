@@ -135,6 +135,7 @@ class GapFigures:
     elbo_local_opt: torch.Tensor  # L[q*]
     elbo_local_opt_ffg: torch.Tensor  # L[q*_FFG]
     fit_steps: torch.Tensor  # steps each image's family fit ran
+    fit_capped: torch.Tensor  # whether it ran to the cap (max_steps) rather than stopping by the rule
 
     @property
     def approximation_gap(self) -> torch.Tensor:
@@ -162,14 +163,15 @@ def inference_gaps(model: VAE, x: torch.Tensor, fit: LocalFit, seed: int, iw_sam
     elbo_opt = mc_elbo(family, x, fitted, elbo_samples, gen(EVAL_SEED))
     elbo_ffg = mc_elbo(ffg, x, fitted_ffg, elbo_samples, gen(EVAL_SEED))
     iw = model.iw_log_px(x, iw_samples, generator=gen(IW_SEED))
-    return GapFigures(iw, elbo_q, elbo_opt, elbo_ffg, steps)
+    return GapFigures(iw, elbo_q, elbo_opt, elbo_ffg, steps, steps >= fit.max_steps)
 
 
 def summarize(g: GapFigures) -> dict[str, float]:
     """Means over images (float64), with the identity approximation + amortization = log p̂ - L[q] asserted."""
     mean = lambda t: t.double().mean().item()  # noqa: E731
     out = {"gap_iw_log_px": mean(g.iw_log_px), "gap_elbo": mean(g.elbo), "elbo_local_opt": mean(g.elbo_local_opt),
-           "elbo_local_opt_ffg": mean(g.elbo_local_opt_ffg), "gap_fit_steps": mean(g.fit_steps)}
+           "elbo_local_opt_ffg": mean(g.elbo_local_opt_ffg), "gap_fit_steps": mean(g.fit_steps),
+           "gap_fit_capped": mean(g.fit_capped)}
     out["approximation_gap"] = out["gap_iw_log_px"] - out["elbo_local_opt"]
     out["amortization_gap"] = out["elbo_local_opt"] - out["gap_elbo"]
     out["inference_gap"] = out["gap_iw_log_px"] - out["gap_elbo"]
