@@ -29,6 +29,7 @@ Params = tuple[torch.Tensor, ...]  # per-image variational parameters, each [B, 
 LogWeightFn = Callable[[torch.Tensor, Params, torch.Tensor], torch.Tensor]  # (x, params, eps [k, B, D]) -> [k, B]
 
 FIT_SEED, FFG_SEED, EVAL_SEED, IW_SEED, DIAG_SEED = 0, 1, 2, 3, 4  # offsets: one generator per purpose
+FFG_INIT_SAMPLES = 100  # draws of q(z|x) whose moments start the FFG fit of a non-mean-field family
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: unit u is active when Cov_x(E_q[z_u]) > 0.01
 
 
@@ -67,6 +68,16 @@ def encoder_params(model: VAE, x: torch.Tensor) -> Params:
     """(loc [B, D], log scale [B, D], context [B, C]) the encoder emits for x [B, P]."""
     loc, scale, context = model.encoder(x)
     return loc, scale.log(), context
+
+
+@torch.no_grad()
+def moment_matched_gaussian(model: VAE, x: torch.Tensor, samples: int, generator: torch.Generator) -> Params:
+    """(loc, log scale) [B, D] of the diagonal Gaussian with the per-dimension mean and sd of `samples` draws
+    of the encoder's q(z|x): where the FFG fit starts (for mean-field: the encoder's own loc and scale, up to
+    Monte-Carlo error; for a flow, its Gaussian head lives before the flow and would be a poor start)."""
+    loc, scale, context = model.encoder(x)
+    z, _ = model.posterior.from_noise(loc, scale, context, standard_normal(samples, loc, generator))  # [S, B, D]
+    return z.mean(0), z.std(0).clamp_min(1e-6).log()
 
 
 def _per_image(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -150,7 +161,8 @@ def inference_gaps(model: VAE, x: torch.Tensor, fit: LocalFit, seed: int, iw_sam
                    elbo_samples: int) -> GapFigures:
     """The decomposition for the images x [B, P]. Every ELBO is estimated with the same `elbo_samples`
     noise draws (common random numbers: their differences are less noisy). For a mean-field model the FFG fit
-    is the family's fit (the same problem), so it is not run twice."""
+    is the family's fit (the same problem), so it is not run twice; otherwise it starts from the Gaussian with
+    the mean and sd of the encoder's q(z|x)."""
     gen = lambda offset: torch.Generator(device=x.device).manual_seed(seed + offset)  # noqa: E731
     family, ffg = family_log_weight(model), ffg_log_weight(model)
     init = encoder_params(model, x)
@@ -158,7 +170,8 @@ def inference_gaps(model: VAE, x: torch.Tensor, fit: LocalFit, seed: int, iw_sam
     if isinstance(model.posterior, MeanFieldPosterior):
         fitted_ffg = fitted[:2]
     else:
-        fitted_ffg, _ = fit_local(ffg, x, init[:2], fit, gen(FFG_SEED))
+        start = moment_matched_gaussian(model, x, FFG_INIT_SAMPLES, gen(FFG_SEED))
+        fitted_ffg, _ = fit_local(ffg, x, start, fit, gen(FFG_SEED))
     elbo_q = mc_elbo(family, x, init, elbo_samples, gen(EVAL_SEED))
     elbo_opt = mc_elbo(family, x, fitted, elbo_samples, gen(EVAL_SEED))
     elbo_ffg = mc_elbo(ffg, x, fitted_ffg, elbo_samples, gen(EVAL_SEED))
