@@ -127,7 +127,7 @@ def plot_gaps(tables: dict[str, pd.DataFrame], out_dir: Path) -> str:
         ax.set_title(dataset, fontsize=9)
         ax.set_ylabel("nats per image (bar: L[q] to log p̂(x))")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
+    fig.legend(handles, labels, loc="outside lower center", ncols=3 if len(tables) > 1 else 2, fontsize=7)
     fig.suptitle("Inference gaps: mean over seeds (higher is better; shorter bars are tighter)", fontsize=9)
     return save(fig, out_dir, "inference_gaps")
 
