@@ -86,6 +86,23 @@ def report(
 
 
 @app.command()
+def gaps(
+    results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
+    data_dir: Optional[Path] = DataDir,
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Inference gaps (approximation, amortization) and posterior diagnostics of finished runs, written into
+    their rows; runs that have them are skipped, so an interrupted command resumes."""
+    from bench.gaps_command import gaps_command
+
+    try:
+        code = gaps_command(results, data_dir, device)
+    except _data_error_types() as err:
+        _user_error(err)
+    raise typer.Exit(code)
+
+
+@app.command()
 def data(
     data_dir: Optional[Path] = DataDir,
     download: bool = typer.Option(False, "--download", help="Download what is missing (needs internet)."),

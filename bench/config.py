@@ -131,8 +131,24 @@ class EvalConfig:
     iw_samples: int = 1000
     valid_iw_samples: int = 5
     elbo_samples: int = 1
+    gaps: bool = False  # inference gaps and posterior diagnostics at test time (docs/gaps.md)
+    gap_images: int = 100  # test images the per-image fits run on (a seeded random subset)
+    gap_seed: int = 4321  # picks the subset and seeds the fits' noise
+    gap_lr: float = 1e-3  # Adam lr of the per-image fits
+    gap_samples: int = 10  # Monte-Carlo samples per fit step
+    gap_check_every: int = 50  # fit steps per loss check (the loss is averaged over them)
+    gap_patience: int = 5  # checks without improvement before an image's fit stops
+    gap_max_steps: int = 2000  # cap on fit steps
+    gap_elbo_samples: int = 1000  # samples of every ELBO of the decomposition (L[q], L[q*], L[q*_FFG])
+    gap_au_samples: int = 100  # samples of E_q[z] for the active units of a flow family
 
     def __post_init__(self) -> None:
+        for key in ("gap_images", "gap_samples", "gap_check_every", "gap_patience", "gap_max_steps",
+                    "gap_elbo_samples", "gap_au_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'eval.{key}' must be >= 1; got {getattr(self, key)}")
+        if not self.gap_lr > 0:
+            raise ConfigError(f"'eval.gap_lr' must be > 0; got {self.gap_lr}")
         if self.iw_samples < 1:
             raise ConfigError(f"'eval.iw_samples' must be >= 1; got {self.iw_samples}")
         if self.valid_iw_samples < 0:

@@ -20,15 +20,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.config import RunConfig
+from bench.config import DataConfig, RunConfig
 from bench.errors import UserError
 from bench.executors.local import LocalExecutor
+from bench.gaps import gap_figures
 from bench.gridfile import load_grid
 from bench.progress import GridProgress
 from bench.stacking import StackPlan, parse_stack, plan_stacks
 from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData, Stack
+from vae_core import load_vae
 from vae_core.data import DataError, MissingDataError, binarize, check_data_dir, load_dataset, offline_from_env
 from vae_core.data.registry import get_spec
 from vae_core.registry import origins
@@ -88,13 +90,20 @@ def prepare_data(cfg: RunConfig, data_dir: str | None, device: torch.device) -> 
     if cfg.train.counts_epochs and ds.train.shape[0] != expected:
         raise UserError(f"{d.dataset}: {ds.train.shape[0]} training images, but epochs in the config are counted "
                         f"for {expected}")
-    valid = eval_subset(ds.valid, d.max_eval_images, d.eval_subset_seed)
-    test = eval_subset(ds.test, d.max_eval_images, d.eval_subset_seed)
-    if ds.dynamic:  # evaluation sets are binarized once, on the host with a fixed seed, identically for every run
-        gen = torch.Generator(device=valid.device).manual_seed(d.eval_subset_seed)
-        valid, test = binarize(valid, gen), binarize(test, gen)
+    valid, test = eval_sets(ds, d)
     return RunData(train=ds.train.to(device), valid=valid.to(device), test=test.to(device),
                    dynamic=ds.dynamic, digest=ds.digest)
+
+
+def eval_sets(ds, d: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid, test) images of a loaded dataset as the runs evaluate them: the seeded subsets, binarized once
+    with a fixed seed, identically for every run, when the dataset is dynamic."""
+    valid = eval_subset(ds.valid, d.max_eval_images, d.eval_subset_seed)
+    test = eval_subset(ds.test, d.max_eval_images, d.eval_subset_seed)
+    if ds.dynamic:  # on the host with a fixed seed, identically for every run
+        gen = torch.Generator(device=valid.device).manual_seed(d.eval_subset_seed)
+        valid, test = binarize(valid, gen), binarize(test, gen)
+    return valid, test
 
 
 def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bool = True) -> list[dict]:
@@ -124,7 +133,8 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
         stack = Stack(list(task.configs), data, layout, device, on_progress, started=wall0)
         stack.load_states()
         for run, test in stack.run():
-            record(run.cfg, run_figures(run, stack, data, test))
+            gaps = run_gaps(run.cfg, layout, data.test, device) if test is not None and run.cfg.eval.gaps else {}
+            record(run.cfg, {**run_figures(run, stack, data, test), **gaps})  # wall_seconds counts the gaps
     except DataError as err:
         error = {"error": str(err)}
     except Exception as err:  # a run's failure is recorded; the grid goes on
@@ -135,6 +145,11 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
             figures = run_figures(stack.runs[i], stack, data, None) if stack is not None else {}
             record(cfg, {**figures, "status": "failed", **error})
     return rows
+
+
+def run_gaps(cfg: RunConfig, layout: ResultsLayout, test: torch.Tensor, device: torch.device) -> dict:
+    """The gap columns of a run (`bench.gaps`), from its checkpoint file: the weights it was tested with."""
+    return gap_figures(load_vae(layout.checkpoint(cfg.run_id), map_location=device), test, cfg.eval)
 
 
 def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:

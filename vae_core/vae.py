@@ -53,7 +53,12 @@ class VAE(nn.Module):
 
     def _log_densities(self, x, loc, scale, context, eps):
         z, log_q = self.posterior.from_noise(loc, scale, context, eps)  # [k, B, D], [k, B]
-        return self.log_px_z(x, z), self.prior.log_prob(z), log_q
+        return (*self.log_joint(x, z), log_q)
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z)), each [k, B], for latents z [k, B, D] from any proposal (pure): the model's
+        side of every log-weight, e.g. of a Gaussian fitted per image (`vae_core.gaps`)."""
+        return self.log_px_z(x, z), self.prior.log_prob(z)
 
     def log_px_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) [...] nats for x [B, P] and z [..., B, D], through the likelihood."""

@@ -20,6 +20,7 @@ from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px,
                                   plot_versus, plot_versus_by_lr)
 from bench.report.datasets import dataset_groups, is_8bit, units_sentence
 from bench.report.families import family_markdown
+from bench.report.gaps import gaps_markdown
 from bench.report.literature import literature_markdown
 from bench.report.origins import origin_lines
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
@@ -223,6 +224,7 @@ def _dataset_sections(runs: pd.DataFrame, curves: pd.DataFrame, reference: str, 
     table = main_table(runs)
     bold = best_row(table)
     display = display_main_table(table, show_lr, bits)
+    md += gaps_markdown(runs, reference, fig_dir, link)  # inference gaps: only runs that have them
     md += ["## Main table", "", to_markdown(display, bold).rstrip(), ""]
     rule = ("Bold: the row with the highest mean VALIDATION ELBO; rows are never chosen on test figures."
             if bold is not None else "No row has a validation ELBO, so none is marked best.")

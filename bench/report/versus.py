@@ -21,9 +21,16 @@ METRICS = {"log_px": "test_iw_log_px", "elbo": "test_elbo"}
 METRIC_NAMES = {"log_px": "test IW log p(x)", "elbo": "test ELBO"}
 PAIRED, WELCH, BASELINE, NONE = "paired", "welch", "baseline", "none"
 
-COLUMNS = ["variant", "lr", "baseline_lr", "pairing", "n", "n_variant", "n_baseline", "excluded",
-           *[f"{m}_{s}" for m in METRICS for s in ("mean", "se", "dof", "lo", "hi")],
-           "step_seconds", "wall_seconds", "step_ratio", "wall_ratio"]
+
+
+def columns(metrics: dict[str, str] = METRICS) -> list[str]:
+    """The versus table's columns for `metrics` (short name -> run-table column)."""
+    return ["variant", "lr", "baseline_lr", "pairing", "n", "n_variant", "n_baseline", "excluded",
+            *[f"{m}_{s}" for m in metrics for s in ("mean", "se", "dof", "lo", "hi")],
+            "step_seconds", "wall_seconds", "step_ratio", "wall_ratio"]
+
+
+COLUMNS = columns()
 
 
 def pick_baseline(runs: pd.DataFrame, name: str | None = None) -> str:
@@ -46,11 +53,11 @@ def pick_baseline(runs: pd.DataFrame, name: str | None = None) -> str:
     raise UserError(f"--baseline {name!r} is not a variant of these results; variants: {', '.join(labels)}")
 
 
-def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
-    """Completed rows with both test figures, one row per seed (duplicates averaged), indexed by seed."""
-    ok = rows[(rows["status"] == COMPLETED) & rows["test_iw_log_px"].notna() & rows["test_elbo"].notna()
-              & rows["seed"].notna()]
-    return ok.groupby("seed")[list(METRICS.values())].mean()
+def _per_seed(rows: pd.DataFrame, metrics: dict[str, str] = METRICS) -> pd.DataFrame:
+    """Completed rows with every metric's figure, one row per seed (duplicates averaged), indexed by seed."""
+    cols = list(metrics.values())
+    ok = rows[(rows["status"] == COMPLETED) & rows[cols].notna().all(axis=1) & rows["seed"].notna()]
+    return ok.groupby("seed")[cols].mean()
 
 
 def _seed(s: float) -> str:
@@ -65,11 +72,13 @@ def _why_missing(rows: pd.DataFrame, seed: float, label: str) -> str:
     return f"{label} {status}" if status != COMPLETED else f"{label} has no test figure"
 
 
-def _excluded(var_rows: pd.DataFrame, base_rows: pd.DataFrame, pairing: str, variant: str, baseline: str) -> str:
+def _excluded(var_rows: pd.DataFrame, base_rows: pd.DataFrame, pairing: str, variant: str, baseline: str,
+              metrics: dict[str, str] = METRICS) -> str:
     """'seed 2 (iaf diverged); seed 3 (not run for mean-field)': every seed of either side the comparison leaves
     out, with the reason. Welch leaves out only runs that did not complete; pairing also leaves out partnerless
     seeds."""
-    sides = [(var_rows, set(_per_seed(var_rows).index), variant), (base_rows, set(_per_seed(base_rows).index), baseline)]
+    sides = [(var_rows, set(_per_seed(var_rows, metrics).index), variant),
+             (base_rows, set(_per_seed(base_rows, metrics).index), baseline)]
     seen = set(var_rows["seed"].dropna()) | set(base_rows["seed"].dropna())
     parts = []
     for seed in sorted(seen):
@@ -99,29 +108,31 @@ def _diff_columns(diffs: dict[str, Difference | None]) -> dict[str, float]:
     return out
 
 
-def compare(var_rows: pd.DataFrame, base_rows: pd.DataFrame, variant: str, baseline: str) -> dict[str, Any]:
-    """Test-figure differences (variant - baseline) and cost ratios of two sets of runs (each at one lr).
+def compare(var_rows: pd.DataFrame, base_rows: pd.DataFrame, variant: str, baseline: str,
+            metrics: dict[str, str] = METRICS) -> dict[str, Any]:
+    """Differences (variant - baseline) of the `metrics` columns (default: the test figures) and cost ratios of
+    two sets of runs (each at one lr).
 
     Paired by seed on the seeds completed in both when the two ran the same seeds (or share at least two completed
     seeds); Welch's unpaired comparison of all completed seeds otherwise. Every seed left out is named in
     `excluded` with the reason.
     """
-    v, b = _per_seed(var_rows), _per_seed(base_rows)
+    v, b = _per_seed(var_rows, metrics), _per_seed(base_rows, metrics)
     common = sorted(set(v.index) & set(b.index))
     same_design = set(var_rows["seed"].dropna()) == set(base_rows["seed"].dropna())
-    diffs: dict[str, Difference | None] = dict.fromkeys(METRICS)
+    diffs: dict[str, Difference | None] = dict.fromkeys(metrics)
     if v.empty or b.empty:
         pairing, n = NONE, 0
     elif common and (same_design or len(common) >= 2):
         pairing, n = PAIRED, len(common)
         diffs = {m: paired_difference(v.loc[common, c].tolist(), b.loc[common, c].tolist())
-                 for m, c in METRICS.items()}
+                 for m, c in metrics.items()}
     else:
         pairing, n = WELCH, min(len(v), len(b))
-        diffs = {m: welch_difference(v[c].tolist(), b[c].tolist()) for m, c in METRICS.items()}
+        diffs = {m: welch_difference(v[c].tolist(), b[c].tolist()) for m, c in metrics.items()}
     step_v, wall_v = _cost(var_rows)
     step_b, wall_b = _cost(base_rows)
-    excluded = _excluded(var_rows, base_rows, pairing, variant, baseline)
+    excluded = _excluded(var_rows, base_rows, pairing, variant, baseline, metrics)
     return {"pairing": pairing, "n": n, "n_variant": len(v), "n_baseline": len(b), "excluded": excluded,
             **_diff_columns(diffs), "step_seconds": step_v, "wall_seconds": wall_v,
             "step_ratio": step_v / step_b if step_b > 0 else math.nan,
@@ -133,9 +144,9 @@ def _at_lr(runs: pd.DataFrame, label: str, lr: float) -> pd.DataFrame:
     return sub[sub["lr"].isna()] if math.isnan(lr) else sub[sub["lr"] == lr]
 
 
-def versus_table(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def versus_table(runs: pd.DataFrame, baseline: str, metrics: dict[str, str] = METRICS) -> pd.DataFrame:
     """One row per variant (baseline first), each at its best lr on validation, compared with the baseline at
-    the baseline's best lr (columns: COLUMNS)."""
+    the baseline's best lr (columns: `columns(metrics)`)."""
     runs = _ensure(runs)
     best = best_lr_table(runs).set_index("variant")["lr"]
     base_lr = best.get(baseline, math.nan)
@@ -144,12 +155,14 @@ def versus_table(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     for label in [baseline] + [v for v in variant_order(runs) if v != baseline]:
         lr = best.get(label, math.nan)
         var_rows = _at_lr(runs, label, lr)
-        row = {"variant": label, "lr": lr, "baseline_lr": base_lr, **compare(var_rows, base_rows, label, baseline)}
+        row = {"variant": label, "lr": lr, "baseline_lr": base_lr,
+               **compare(var_rows, base_rows, label, baseline, metrics)}
         if label == baseline:
-            row.update(_diff_columns(dict.fromkeys(METRICS)), pairing=BASELINE, log_px_mean=0.0, elbo_mean=0.0,
-                       excluded=_excluded(base_rows, base_rows.iloc[0:0], WELCH, baseline, baseline))
+            row.update(_diff_columns(dict.fromkeys(metrics)), pairing=BASELINE,
+                       **{f"{m}_mean": 0.0 for m in metrics},
+                       excluded=_excluded(base_rows, base_rows.iloc[0:0], WELCH, baseline, baseline, metrics))
         rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=columns(metrics))
 
 
 def versus_by_lr(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
