@@ -13,6 +13,7 @@ from bench.optim import EPS, LR_SCHEDULES, OPTIMIZERS
 from vae_core.config import ConfigError, ModelConfig, choice, to_dict
 from vae_core.data.errors import DataError
 from vae_core.data.registry import DEFAULT_SPLIT_SEED, get_spec, train_examples
+from vae_core.likelihoods import likelihood_for
 from vae_core.registry import check_model
 
 TRAIN_EXAMPLES = train_examples()
@@ -174,6 +175,7 @@ def model_for_dataset(model: ModelConfig, dataset: str) -> ModelConfig:
     """The model with data_dim and image_shape taken from the dataset (where left at their 28x28 defaults), or a
     ConfigError when its shape or likelihood does not fit the dataset (Bernoulli on 8-bit data, say)."""
     spec = get_spec(dataset)
+    likelihood_for(model.likelihood)  # an unknown name first, then whether it fits
     height, width = spec.image_shape
     default = ModelConfig.__dataclass_fields__
     if model.data_dim == default["data_dim"].default and model.image_shape == default["image_shape"].default:

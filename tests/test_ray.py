@@ -141,7 +141,8 @@ def straight_run(grid: Path, results: Path, data_dir: Path, index: int = 0) -> d
 def test_ray_grid_gives_the_local_rows_and_a_rerun_runs_nothing(no_ray_session, shared_data_dir, tmp_path):
     grid = grid_file(tmp_path)
     data = str(shared_data_dir)
-    local = invoke("--grid", str(grid), "--results", str(tmp_path / "local"), "--data-dir", data, "--jobs", "1")
+    # --jobs 2 on 2 cores: one torch thread per run, as each Ray task has (the promise is per thread count)
+    local = invoke("--grid", str(grid), "--results", str(tmp_path / "local"), "--data-dir", data, "--jobs", "2")
     assert local.exit_code == 0, local.output
     res = invoke("--grid", str(grid), "--results", str(tmp_path / "ray"), "--data-dir", data, "--executor", "ray")
     assert res.exit_code == 0, res.output
@@ -154,6 +155,7 @@ def test_ray_grid_gives_the_local_rows_and_a_rerun_runs_nothing(no_ray_session, 
         assert a[col].tolist() == b[col].tolist(), col
     assert set(a["executor"]) == {"local"} and set(b["executor"]) == {"ray"}
     assert set(b["hostname"]) == {socket.gethostname()} and (b["torch_threads"] == 1).all()
+    assert (a["torch_threads"] == b["torch_threads"]).all()
     for run_id in b.index:
         assert sum(line.startswith(f"completed {run_id}") for line in lines(res.output)) == 1
         assert f"on {socket.gethostname()}" in next(line for line in lines(res.output) if run_id in line)

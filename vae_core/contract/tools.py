@@ -130,10 +130,15 @@ def histogram_z_scores(samples: torch.Tensor, z: torch.Tensor, p: torch.Tensor, 
 
 
 def ratio_mean(z: torch.Tensor, log_q: torch.Tensor) -> tuple[float, float]:
-    """(mean, standard error) of r(z)/q(z) over samples z ~ q [n, D] with their claimed log q [n], r a diagonal
-    Gaussian 0.7 x as wide as the samples (so r/q is bounded and has finite variance): 1 if log q is right."""
-    loc, scale = z.mean(0), 0.7 * z.std(0)
-    ratio = (normal_log_prob(z, loc, scale) - log_q).exp()  # [n]
+    """(mean, standard error) of r(z)/q(z) over samples z ~ q [n, D] with their claimed log q [n], r a Gaussian
+    with the samples' mean and 0.7 x their full covariance's square root (so r/q stays bounded, with finite
+    variance, also for the correlated q of rotating flows such as Householder reflections): 1 if log q is right."""
+    loc = z.mean(0)
+    chol = 0.7 * torch.linalg.cholesky(torch.cov(z.T))  # [D, D]
+    white = torch.linalg.solve_triangular(chol, (z - loc).T, upper=False).T  # [n, D]
+    log_r = (-0.5 * white.square().sum(-1) - z.shape[-1] * 0.5 * math.log(2 * math.pi)
+             - chol.diagonal().log().sum())
+    ratio = (log_r - log_q).exp()  # [n]
     return ratio.mean().item(), (ratio.std() / math.sqrt(z.shape[0])).item()
 
 
