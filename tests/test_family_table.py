@@ -60,3 +60,13 @@ def test_report_has_the_family_section(tmp_path):
     text = path.read_text()
     section = text.split("## Posterior families by dataset")[1]
     assert "| sylvester-orthogonal | -80.27 ± 0.15 (published -80.22) |" in section
+
+
+def test_a_run_with_another_prior_gets_its_own_row():
+    """A posterior comparison holds the prior fixed: a VampPrior run with a mean-field posterior and a better
+    validation ELBO fills a 'mean-field + prior vamp' row, never the plain mean-field cell."""
+    extra = [row("vamp", 1e-3, seed, val=-90.0, test_px=-91.0, test_elbo=-93.0, posterior="mean-field",
+                 prior="vamp", **{"data.dataset": "caltech101-silhouettes"}) for seed in range(2)]
+    cells = family_cells(pd.DataFrame(rows() + extra)).set_index(["family", "dataset"])
+    assert cells.loc[("mean-field", "caltech101-silhouettes"), "log_px_mean"] == -95.5
+    assert cells.loc[("mean-field + prior vamp", "caltech101-silhouettes"), "log_px_mean"] == -91.0

@@ -24,6 +24,15 @@ def _family_order(families) -> list[str]:
     return known + sorted(set(families) - set(known))
 
 
+def _family_label(runs: pd.DataFrame) -> pd.Series:
+    """The row a run belongs to: its posterior family, with the prior named when it is not the standard one (a
+    posterior comparison holds the prior fixed: a VampPrior run never fills the plain mean-field row)."""
+    if "prior" not in runs.columns:
+        return runs["posterior"]
+    prior = runs["prior"].fillna("standard").replace("", "standard")
+    return runs["posterior"].where(prior == "standard", runs["posterior"] + " + prior " + prior)
+
+
 def family_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Long form, one row per (family, dataset): the chosen group, its seeds and its statistics, and the
     published log p(x) / ELBO where that group reproduces a published result on that dataset."""
@@ -31,8 +40,9 @@ def family_cells(runs: pd.DataFrame) -> pd.DataFrame:
     if DATASET_COLUMN not in done.columns:
         done = done.assign(**{DATASET_COLUMN: "?"})
     published = {(p.grid, p.variant, p.dataset): p for p in PUBLISHED}
+    done = done.assign(family=_family_label(done))
     rows = []
-    for (family, dataset), cell in done.groupby(["posterior", DATASET_COLUMN], sort=False):
+    for (family, dataset), cell in done.groupby(["family", DATASET_COLUMN], sort=False):
         groups = cell.groupby(GROUP, dropna=False)
         (grid, variant, lr), chosen = max(groups, key=lambda kv: (kv[1]["val_elbo"].mean(), -len(kv[1])))
         entry = published.get((grid, variant, dataset))
