@@ -17,7 +17,8 @@ from vae_core.likelihoods import likelihood_for
 from vae_core.registry import check_model
 
 TRAIN_EXAMPLES = train_examples()
-"""Training-set size per dataset, from the dataset registry (the runner checks the loaded set against it)."""
+"""Training-set size of each built-in dataset, from the registry (code asks `get_spec(name).splits[0]`, which
+also covers dataset plugins)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from bench.executors.local import LocalExecutor
 from bench.gaps import gap_figures
 from bench.gridfile import load_grid
 from bench.progress import GridProgress
-from bench.stacking import StackPlan, parse_stack, plan_stacks
+from bench.stacking import parse_stack, plan_stacks
 from bench.quiet import quiet_torch
 from bench.storage import ResultsLayout, write_parquet
 from bench.train import ProgressFn, Run, RunData, Stack

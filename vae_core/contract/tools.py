@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import torch
 from torch.autograd.functional import jacobian
 
-from vae_core.distributions import normal_log_prob, std_normal_log_prob
+from vae_core.distributions import std_normal_log_prob
 from vae_core.vae import VAE, build_vae
 
 LOGDET_TOL = 1e-6  # claimed log-det vs log|det J| (float64)
@@ -136,8 +136,7 @@ def ratio_mean(z: torch.Tensor, log_q: torch.Tensor) -> tuple[float, float]:
     loc = z.mean(0)
     chol = 0.7 * torch.linalg.cholesky(torch.cov(z.T))  # [D, D]
     white = torch.linalg.solve_triangular(chol, (z - loc).T, upper=False).T  # [n, D]
-    log_r = (-0.5 * white.square().sum(-1) - z.shape[-1] * 0.5 * math.log(2 * math.pi)
-             - chol.diagonal().log().sum())
+    log_r = std_normal_log_prob(white) - chol.diagonal().log().sum()  # [n]
     ratio = (log_r - log_q).exp()  # [n]
     return ratio.mean().item(), (ratio.std() / math.sqrt(z.shape[0])).item()
 
