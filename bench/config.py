@@ -134,7 +134,7 @@ class EvalConfig:
     valid_iw_samples: int = 5
     elbo_samples: int = 1
     gaps: bool = False  # inference gaps and posterior diagnostics at test time (docs/gaps.md)
-    gap_images: int = 100  # test images the per-image fits run on (a seeded random subset)
+    gap_images: int = 50  # test images the per-image fits run on (a seeded random subset)
     gap_seed: int = 4321  # picks the subset and seeds the fits' noise
     gap_lr: float = 1e-3  # Adam lr of the per-image fits
     gap_samples: int = 10  # Monte-Carlo samples per fit step

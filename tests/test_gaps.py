@@ -110,6 +110,23 @@ def test_bounds_are_ordered_per_image_and_the_estimates_match_the_exact_values(p
         assert ((brute_force_mean_field(model, ALL_X) - g.elbo_local_opt_ffg).abs() < 0.1).all()
 
 
+@pytest.mark.parametrize("posterior", ["mean-field", "iaf"])
+def test_an_images_fit_does_not_depend_on_the_other_images_in_the_batch(posterior):
+    """Stopped images leave the batch: an image's fitted parameters and stopping step are the same whichever
+    images share the batch (and whenever those stop), up to float64 rounding of the changed batch."""
+    model = quadrature_model(posterior, "standard", widen=2.0)
+    fn = family_log_weight(model)
+    fit = LocalFit(lr=1e-2, samples=5, check_every=20, patience=3, max_steps=1000)
+    other = ALL_X.clone()
+    other[:8] = ALL_X[torch.tensor([11, 8, 14, 9, 15, 10, 13, 12])]  # [16, 4]: images 0-7 replaced, 8-15 kept
+    a, steps_a = fit_local(fn, ALL_X, encoder_params(model, ALL_X), fit, torch.Generator().manual_seed(0))
+    b, steps_b = fit_local(fn, other, encoder_params(model, other), fit, torch.Generator().manual_seed(0))
+    assert not torch.equal(steps_a[:8], steps_b[:8])  # the other images did stop at other steps
+    assert torch.equal(steps_a[8:], steps_b[8:]) and (steps_a < fit.max_steps).all()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa[8:], pb[8:], rtol=0, atol=1e-9)
+
+
 def test_the_gaps_are_the_exact_gaps_and_add_up():
     model = quadrature_model("mean-field", "standard", widen=2.0)
     fn = family_log_weight(model)

@@ -10,7 +10,8 @@ For a trained model and images x:
 
 The fit is one batched Adam optimisation over [B, ...] leaves (each image's parameters get their own
 gradient and their own stopping state: its loss averaged over `check_every` steps, stopped after `patience`
-checks without improvement, at most `max_steps`), with its noise from its own generator. Gradients are taken
+checks without improvement, at most `max_steps`; a stopped image leaves the batch), with its noise from its
+own generator. Gradients are taken
 with `torch.autograd.grad` with respect to those leaves only, so the model's parameters are never written to,
 nor their `.grad`. Every figure goes through the VAE's own methods (`log_weight`, `log_joint`, `encoder`).
 """
@@ -80,50 +81,51 @@ def moment_matched_gaussian(model: VAE, x: torch.Tensor, samples: int, generator
     return z.mean(0), z.std(0).clamp_min(1e-6).log()
 
 
-def _per_image(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def fit_local(log_weight: LogWeightFn, x: torch.Tensor, init: Params, fit: LocalFit,
               generator: torch.Generator) -> tuple[Params, torch.Tensor]:
     """Maximise each image's ELBO over its own parameters, starting from `init`; returns (the parameters,
-    each image's stopping step [B]). One batched optimisation: an image that stopped keeps the parameters it
-    had when it stopped while the others go on."""
+    each image's stopping step [B]). One batched optimisation over the images still running: an image that
+    stopped keeps the parameters it had when it stopped and leaves the batch, so a fit costs the sum of its
+    images' steps, not B times the slowest one's. The noise is drawn for all B images every step and the
+    running ones take their own rows, so an image's fit does not depend on which other images share it."""
     leaves = [p.detach().clone().requires_grad_(True) for p in init]
     opt = torch.optim.Adam(leaves, lr=fit.lr)
     n = x.shape[0]
     like = init[0]  # [B, D]: the noise's shape per sample
     best = x.new_full((n,), float("inf"))
     worse = torch.zeros(n, dtype=torch.long, device=x.device)
-    done = torch.zeros(n, dtype=torch.bool, device=x.device)
     stopped_at = torch.full((n,), fit.max_steps, dtype=torch.long, device=x.device)
     kept = [p.detach().clone() for p in leaves]
     window = x.new_zeros(n)
+    running = torch.arange(n, device=x.device)  # [A]: the images still fitting
     for step in range(1, fit.max_steps + 1):
-        eps = standard_normal(fit.samples, like, generator)  # [S, B, D]
+        eps = standard_normal(fit.samples, like, generator)[:, running]  # [S, A, D]
         with torch.enable_grad():
-            loss = -log_weight(x, tuple(leaves), eps).mean(0)  # [B]
+            loss = -log_weight(x[running], tuple(leaf[running] for leaf in leaves), eps).mean(0)  # [A]
             grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True, materialize_grads=True)
         for leaf, g in zip(leaves, grads):
             leaf.grad = g
         opt.step()
-        window += loss.detach()
+        window[running] += loss.detach()
         if step % fit.check_every:
             continue
-        mean = window / fit.check_every
-        window = torch.zeros_like(window)
-        improved = mean < best
-        best = torch.where(improved, mean, best)
-        worse = torch.where(improved, torch.zeros_like(worse), worse + 1)
-        stop = (worse >= fit.patience) & ~done
+        mean = window[running] / fit.check_every  # [A]
+        window.zero_()
+        improved = mean < best[running]
+        best[running] = torch.where(improved, mean, best[running])
+        worse[running] = torch.where(improved, torch.zeros_like(mean, dtype=torch.long), worse[running] + 1)
+        stop = running[worse[running] >= fit.patience]  # [s]
         for k, leaf in zip(kept, leaves):
-            k.copy_(torch.where(_per_image(stop, k), leaf.detach(), k))
-        stopped_at = torch.where(stop, step, stopped_at)
-        done |= stop
-        if bool(done.all()):
+            k[stop] = leaf.detach()[stop]
+        stopped_at[stop] = step
+        running = running[worse[running] < fit.patience]
+        if running.numel() == 0:
             break
-    final = tuple(torch.where(_per_image(done, k), k, leaf.detach()) for k, leaf in zip(kept, leaves))
-    return final, stopped_at
+    final = [leaf.detach().clone() for leaf in leaves]
+    stopped = stopped_at < fit.max_steps  # [B]
+    for f, k in zip(final, kept):
+        f[stopped] = k[stopped]
+    return tuple(final), stopped_at
 
 
 @torch.no_grad()
