@@ -147,6 +147,21 @@ def test_the_gaps_are_the_exact_gaps_and_add_up():
     assert s["inference_gap"] == pytest.approx(s["gap_iw_log_px"] - s["gap_elbo"], abs=1e-12)
 
 
+def test_log_px_takes_the_fitted_proposal_where_the_encoder_is_off():
+    """An encoder whose loc is far off (as on an overfitted model's test images): its IW bound alone lies nats
+    below L[q*] for many images (a negative approximation gap); the fitted q*'s IW bound lies between L[q*] and
+    log p(x), so log p̂ (the better bound per image) gives a non-negative approximation gap."""
+    model = quadrature_model("mean-field", "standard", widen=2.0)
+    with torch.no_grad():
+        model.encoder.net[-1].bias[:2] += 3.0  # loc of both units shifted by 3
+    g = inference_gaps(model, ALL_X, FIT, seed=0, iw_samples=20, elbo_samples=ELBO_SAMPLES)
+    log_px, _ = quadrature_log_px(model, ALL_X)  # [16]
+    assert (g.iw_encoder < g.elbo_local_opt - 1.0).sum() >= 4  # the encoder's bound alone: negative gaps
+    assert (g.iw_local_opt >= g.elbo_local_opt - 0.1).all() and (g.iw_local_opt <= log_px + 0.2).all()  # k = 20: noisy
+    assert torch.equal(g.iw_log_px, torch.maximum(g.iw_encoder, g.iw_local_opt))
+    assert summarize(g)["approximation_gap"] > 0
+
+
 def test_the_model_is_never_changed():
     model = quadrature_model("iaf", "mog")
     before = {k: v.clone() for k, v in model.state_dict().items()}
