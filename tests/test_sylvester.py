@@ -14,8 +14,7 @@ from vae_core import build_vae
 from vae_core.config import ConfigError
 from vae_core.posteriors import (HouseholderPosterior, HouseholderSylvesterPosterior, OrthogonalSylvesterPosterior,
                                  TriangularSylvesterPosterior)
-from vae_core.sylvester import (ORTHO_MAX_ITERATIONS, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_apply,
-                                householder_product, sylvester_householder,
+from vae_core.sylvester import (ORTHO_MAX_ITERATIONS, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
                                 orthogonality_error, orthogonalize, ortho_tolerance, sylvester, sylvester_triangular,
                                 triangular_pair)
 
@@ -125,20 +124,6 @@ def test_householder_product_is_orthogonal_and_the_product_of_the_reflections():
         for v in vs[b]:  # H_1 first: Q = H_3 H_2 H_1
             expected = (torch.eye(4) - 2 * torch.outer(v, v) / (v @ v)) @ expected
         torch.testing.assert_close(q[b], expected, rtol=0, atol=1e-12)
-
-
-def test_householder_sylvester_applies_the_reflections_as_the_product_matrix_would():
-    """sylvester_householder (Q applied one reflection at a time) = sylvester with Q formed, in both orders."""
-    dim = 5
-    vs = torch.randn(3, 4, dim, generator=gen(30))  # [B, H, D]
-    r, r_tilde = triangular_pair(torch.randn(3, dim, dim, generator=gen(31)), torch.randn(3, dim, generator=gen(32)),
-                                 torch.randn(3, dim, generator=gen(33)))  # [B, D, D] each
-    b, z = torch.randn(3, dim, generator=gen(34)), torch.randn(6, 3, dim, generator=gen(35))  # [B, D], [k, B, D]
-    q = householder_product(vs)  # [B, D, D]
-    torch.testing.assert_close(householder_apply(vs, z, transpose=True), (z.unsqueeze(-2) @ q).squeeze(-2),
-                               rtol=0, atol=1e-12)
-    torch.testing.assert_close(sylvester_householder(z, vs, r, r_tilde, b), sylvester(z, q, r, r_tilde, b),
-                               rtol=0, atol=1e-12)
 
 
 def test_triangular_flow_reverse_is_the_reversal_permutation():

@@ -207,9 +207,9 @@ def inference_gaps(model: VAE, x: torch.Tensor, fit: LocalFit, seed: int, iw_sam
 def summarize(g: GapFigures) -> dict[str, float]:
     """Means over images (float64), with the identity approximation + amortization = log p̂ - L[q] asserted."""
     mean = lambda t: t.double().mean().item()  # noqa: E731
-    out = {"gap_iw_log_px": mean(g.iw_log_px), "gap_iw_log_px_encoder": mean(g.iw_encoder), "gap_elbo": mean(g.elbo), "elbo_local_opt": mean(g.elbo_local_opt),
-           "elbo_local_opt_ffg": mean(g.elbo_local_opt_ffg), "gap_fit_steps": mean(g.fit_steps),
-           "gap_fit_capped": mean(g.fit_capped)}
+    out = {"gap_iw_log_px": mean(g.iw_log_px), "gap_iw_log_px_encoder": mean(g.iw_encoder), "gap_elbo": mean(g.elbo),
+           "elbo_local_opt": mean(g.elbo_local_opt), "elbo_local_opt_ffg": mean(g.elbo_local_opt_ffg),
+           "gap_fit_steps": mean(g.fit_steps), "gap_fit_capped": mean(g.fit_capped)}
     out["approximation_gap"] = out["gap_iw_log_px"] - out["elbo_local_opt"]
     out["amortization_gap"] = out["elbo_local_opt"] - out["gap_elbo"]
     out["inference_gap"] = out["gap_iw_log_px"] - out["gap_elbo"]

@@ -15,7 +15,7 @@ import torch.nn as nn
 from vae_core.config import ModelConfig
 from vae_core.distributions import std_normal_log_prob
 from vae_core.flows import IAFStep, alternating_orders, planar
-from vae_core.sylvester import (householder_reflect, ortho_tolerance, orthogonalize, sylvester, sylvester_householder,
+from vae_core.sylvester import (householder_product, householder_reflect, ortho_tolerance, orthogonalize, sylvester,
                                 sylvester_triangular, triangular_pair)
 
 
@@ -190,13 +190,8 @@ class SylvesterPosterior(FlowPosterior):
         return self.n_steps * (6 * self.m + 2 * self.dim)
 
     def q_matrices(self, raw: torch.Tensor) -> torch.Tensor | None:
-        """raw [B, K, q_size] -> what defines each flow's Q, [B, K, ...] (None: a fixed permutation)."""
+        """raw [B, K, q_size] -> Q [B, K, D, M] (None: a permutation, applied by indexing)."""
         raise NotImplementedError
-
-    def sylvester_step(self, i: int, z: torch.Tensor, q: torch.Tensor | None, r: torch.Tensor,
-                       r_tilde: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow i on z [..., B, D] with its Q (q: `q_matrices`' [B, ...] slice for flow i), R, R̃, b."""
-        return sylvester(z, q, r, r_tilde, b)
 
     def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z [..., B, D], context [B, C] -> (f(z), sum of log|det| [..., B])."""
@@ -207,7 +202,10 @@ class SylvesterPosterior(FlowPosterior):
         q = self.q_matrices(raw_q)
         total = z.new_zeros(z.shape[:-1])
         for i in range(self.n_steps):
-            z, log_abs_det = self.sylvester_step(i, z, None if q is None else q[:, i], r[:, i], r_tilde[:, i], b[:, i])
+            if q is None:
+                z, log_abs_det = sylvester_triangular(z, r[:, i], r_tilde[:, i], b[:, i], reverse=i % 2 == 1)
+            else:
+                z, log_abs_det = sylvester(z, q[:, i], r[:, i], r_tilde[:, i], b[:, i])
             total = total + log_abs_det
         return z, total
 
@@ -228,7 +226,7 @@ class OrthogonalSylvesterPosterior(SylvesterPosterior):
 
 
 class HouseholderSylvesterPosterior(SylvesterPosterior):
-    """H-SNF: M = D and Q the product of H Householder reflections, applied as reflections (Q never formed)."""
+    """H-SNF: M = D and Q the product of H Householder reflections."""
 
     def __init__(self, dim: int, steps: int, reflections: int):
         self.reflections, self.q_size = reflections, reflections * dim
@@ -239,10 +237,7 @@ class HouseholderSylvesterPosterior(SylvesterPosterior):
         return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.householder_reflections)
 
     def q_matrices(self, raw):
-        return raw.unflatten(-1, (self.reflections, self.dim))  # [B, K, H, D]: the reflections' vectors
-
-    def sylvester_step(self, i, z, q, r, r_tilde, b):
-        return sylvester_householder(z, q, r, r_tilde, b)
+        return householder_product(raw.unflatten(-1, (self.reflections, self.dim)))
 
 
 class TriangularSylvesterPosterior(SylvesterPosterior):
@@ -257,9 +252,6 @@ class TriangularSylvesterPosterior(SylvesterPosterior):
 
     def q_matrices(self, raw):
         return None
-
-    def sylvester_step(self, i, z, q, r, r_tilde, b):
-        return sylvester_triangular(z, r, r_tilde, b, reverse=i % 2 == 1)
 
 
 POSTERIORS: dict[str, type[Posterior]] = {

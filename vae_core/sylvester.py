@@ -13,8 +13,7 @@ exactly +-1 once |raw| > ~19, in float32 once |raw| > ~9).
 Three ways to get Q (the paper's three families):
 - orthogonal (O-SNF): M <= D free columns made orthonormal by the iteration Q <- Q (I + (I - QᵀQ) / 2)
   (`orthogonalize`), from Q / ||Q||_F, until ||QᵀQ - I||_F <= tolerance or ORTHO_MAX_ITERATIONS;
-- householder (H-SNF): M = D, Q a product of H Householder reflections, applied to vectors one reflection at
-  a time (`householder_apply`; `householder_product` forms the matrix, for tests);
+- householder (H-SNF): M = D, Q a product of H Householder reflections (`householder_product`);
 - triangular (T-SNF): M = D, Q the identity or the reversal permutation (`sylvester_triangular`).
 """
 
@@ -36,16 +35,6 @@ def householder_reflect(z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(I - 2 v vᵀ / vᵀv) z: z [..., D], v [..., D] (broadcast) -> [..., D]. Orthogonal: log|det| = 0."""
     coef = 2 * (v * z).sum(-1, keepdim=True) / v.square().sum(-1, keepdim=True)
     return z - coef * v
-
-
-def householder_apply(vs: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-    """Q x, or Qᵀ x when `transpose`, for Q = H_H ... H_2 H_1 (`householder_product`) without forming Q:
-    vs [..., H, D] broadcast against x [..., D] -> [..., D], O(H D) per vector instead of O(D^2) to apply and
-    O(H D^2) to build. Each H_j is symmetric, so Qᵀ = H_1 H_2 ... H_H: the same reflections, last first."""
-    order = range(vs.shape[-2] - 1, -1, -1) if transpose else range(vs.shape[-2])
-    for j in order:
-        x = householder_reflect(x, vs[..., j, :])
-    return x
 
 
 def householder_product(vs: torch.Tensor) -> torch.Tensor:
@@ -122,13 +111,6 @@ def sylvester(z: torch.Tensor, q: torch.Tensor, r: torch.Tensor, r_tilde: torch.
     zq = (z.unsqueeze(-2) @ q).squeeze(-2)  # Qᵀz [..., M]
     shift, log_abs_det = _sylvester_core(zq, r, r_tilde, b)
     return z + (q @ shift.unsqueeze(-1)).squeeze(-1), log_abs_det
-
-
-def sylvester_householder(z: torch.Tensor, vs: torch.Tensor, r: torch.Tensor, r_tilde: torch.Tensor,
-                          b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sylvester` with Q = householder_product(vs), vs [..., H, D], applied as reflections (`householder_apply`)."""
-    shift, log_abs_det = _sylvester_core(householder_apply(vs, z, transpose=True), r, r_tilde, b)
-    return z + householder_apply(vs, shift), log_abs_det
 
 
 def sylvester_triangular(z: torch.Tensor, r: torch.Tensor, r_tilde: torch.Tensor, b: torch.Tensor,

@@ -146,10 +146,11 @@ def gaps_markdown(runs: pd.DataFrame, baseline: str, out_dir: Path, link: str = 
     ok = ok[ok["approximation_gap"].notna()]
     images = sorted({int(v) for v in ok["gap_images"].dropna()}) if "gap_images" in ok else []
     md += [f"On a seeded random subset of {'/'.join(map(str, images)) or '?'} test images per run, each variant "
-           "at its best lr on validation. log p̂(x): IW bound of the encoder's q with the run's k; L[q]: the "
-           "encoder's ELBO; L[q*]: the ELBO after fitting the family's per-image parameters (loc, scale, "
-           "context) to each image with the decoder, prior and flow weights frozen; L[q*_FFG]: the same fit of a "
-           "fully factorised Gaussian. approximation gap = log p̂(x) − L[q*], amortization gap = L[q*] − L[q] "
+           "at its best lr on validation. log p̂(x): per image the better IW bound (the run's k) of the encoder's "
+           "q and the fitted q*; L[q]: the encoder's ELBO; L[q*]: the ELBO after fitting the family's per-image "
+           "parameters (loc, scale, context) to each image with the decoder, prior and flow weights frozen; "
+           "L[q*_FFG]: the same fit of a fully factorised Gaussian. approximation gap = log p̂(x) − L[q*], "
+           "amortization gap = L[q*] − L[q] "
            "(their sum is log p̂(x) − L[q]). Active units: Cov_x(E_q[z_u]) > 0.01 over the test images; mean KL: "
            f"E_x KL(q(z|x) ‖ p(z)). Δ = variant − {baseline}, paired by seed as in the versus table (below 0: a "
            "smaller gap).", ""]
