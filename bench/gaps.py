@@ -17,9 +17,8 @@ from vae_core import VAE
 from vae_core.gaps import LocalFit, inference_gaps, posterior_diagnostics, summarize
 
 GAP_COLUMNS = ("gap_iw_log_px", "gap_iw_log_px_encoder", "gap_elbo", "elbo_local_opt", "elbo_local_opt_ffg",
-               "approximation_gap",
-               "amortization_gap", "inference_gap", "gap_fit_steps", "gap_fit_capped", "active_units", "mean_kl",
-               "kl_per_dim", "gap_images", "gap_seconds")
+               "approximation_gap", "amortization_gap", "inference_gap", "gap_fit_steps", "gap_fit_capped",
+               "active_units", "mean_kl", "kl_per_dim", "gap_images", "gap_seconds")
 
 
 def local_fit(ev: EvalConfig) -> LocalFit:

@@ -16,15 +16,15 @@ the approximation gap would come out negative.
 The fit is one batched Adam optimisation over [B, ...] leaves (each image's parameters get their own
 gradient and their own stopping state: its loss averaged over `check_every` steps, stopped after `patience`
 checks without improvement, at most `max_steps`; a stopped image leaves the batch), with its noise from its
-own generator. Gradients are taken
-with `torch.autograd.grad` with respect to those leaves only, so the model's parameters are never written to,
-nor their `.grad`. Every figure goes through the VAE's own methods (`log_weight`, `log_joint`, `encoder`).
+own generator. Gradients are taken with `torch.autograd.grad` with respect to those leaves only, so the
+model's parameters are never written to, nor their `.grad`. Every figure goes through the VAE's own methods
+(`log_weight`, `log_joint`, `encoder`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -134,25 +134,25 @@ def fit_local(log_weight: LogWeightFn, x: torch.Tensor, init: Params, fit: Local
     return tuple(final), stopped_at
 
 
+def _log_weight_chunks(log_weight: LogWeightFn, x: torch.Tensor, params: Params, samples: int,
+                       generator: torch.Generator, chunk: int) -> Iterator[torch.Tensor]:
+    """`samples` log-weights [c, B] of the proposal `params` defines, `chunk` samples at a time."""
+    for start in range(0, samples, chunk):
+        yield log_weight(x, params, standard_normal(min(chunk, samples - start), params[0], generator))
+
+
 @torch.no_grad()
 def mc_elbo(log_weight: LogWeightFn, x: torch.Tensor, params: Params, samples: int, generator: torch.Generator,
             chunk: int = 100) -> torch.Tensor:
     """The `samples`-sample Monte-Carlo ELBO [B] (drawn `chunk` samples at a time)."""
-    total = x.new_zeros(x.shape[0])
-    for start in range(0, samples, chunk):
-        eps = standard_normal(min(chunk, samples - start), params[0], generator)  # [c, B, D]
-        total += log_weight(x, params, eps).sum(0)
-    return total / samples
+    return sum(w.sum(0) for w in _log_weight_chunks(log_weight, x, params, samples, generator, chunk)) / samples
 
 
 @torch.no_grad()
 def mc_iw(log_weight: LogWeightFn, x: torch.Tensor, params: Params, samples: int, generator: torch.Generator,
           chunk: int = 100) -> torch.Tensor:
     """The `samples`-sample IW bound [B] with the proposal `params` defines (drawn `chunk` samples at a time)."""
-    def chunks():
-        for start in range(0, samples, chunk):
-            yield log_weight(x, params, standard_normal(min(chunk, samples - start), params[0], generator))  # [c, B]
-    return streaming_iw_bound(chunks())
+    return streaming_iw_bound(_log_weight_chunks(log_weight, x, params, samples, generator, chunk))
 
 
 @dataclass(frozen=True)

@@ -150,8 +150,8 @@ def gaps_markdown(runs: pd.DataFrame, baseline: str, out_dir: Path, link: str = 
            "q and the fitted q*; L[q]: the encoder's ELBO; L[q*]: the ELBO after fitting the family's per-image "
            "parameters (loc, scale, context) to each image with the decoder, prior and flow weights frozen; "
            "L[q*_FFG]: the same fit of a fully factorised Gaussian. approximation gap = log p̂(x) − L[q*], "
-           "amortization gap = L[q*] − L[q] "
-           "(their sum is log p̂(x) − L[q]). Active units: Cov_x(E_q[z_u]) > 0.01 over the test images; mean KL: "
+           "amortization gap = L[q*] − L[q] (their sum is log p̂(x) − L[q]). Active units: Cov_x(E_q[z_u]) > "
+           "0.01 over the test images; mean KL: "
            f"E_x KL(q(z|x) ‖ p(z)). Δ = variant − {baseline}, paired by seed as in the versus table (below 0: a "
            "smaller gap).", ""]
     for caption, draw in (("Inference gaps per variant", lambda: plot_gaps(tables, out_dir)),
