@@ -152,7 +152,7 @@ def test_mnist_dynamic_offline_names_train_images(shared_data_dir: Path, isolate
 
 
 def test_show_data_on_real_files(shared_data_dir: Path, binarized_mnist, capsys: pytest.CaptureFixture) -> None:
-    from bench.data_command import show_data
+    from bench.commands.data import show_data
 
     assert show_data(shared_data_dir, download=False) == 0
     out = capsys.readouterr().out

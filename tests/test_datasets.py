@@ -13,12 +13,12 @@ import pytest
 import scipy.io
 import torch
 
-from tests.dataset_files import (Writes, caltech_files, frey_images, md5, omniglot_file,  # noqa: F401
-                                 one_line, write_pickle)
+from tests.dataset_files import (Writes, caltech_files, frey_images, md5, omniglot_file, one_line,  # noqa: F401
+                                 write_pickle)
 from tests.test_download import server  # noqa: F401  (the local HTTP mirror fixture)
 from vae_core.config import ConfigError
-from vae_core.data import DATASETS, DataError, Dataset, DownloadError, MissingDataError, load_dataset, sources
-from vae_core.data import caltech, files, pickles
+from vae_core.data import (DATASETS, DataError, Dataset, DownloadError, MissingDataError, caltech, files, load_dataset,
+                           pickles, sources)
 from vae_core.data.dataset import seeded_permutation
 
 FASHION_MD5 = {"train-images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train-labels": "25c81989df183df01b3e8a0aad5dffbe",
@@ -31,7 +31,7 @@ SHARED_SHA256 = {"freyfaces/freyfaces.pkl": "3b69410c6a5fd6e03f09012905168be3712
 # ---- registry -----------------------------------------------------------------------------------------------------
 
 def test_registry_entries_and_config_derive_from_it() -> None:
-    from bench.config import TRAIN_EXAMPLES, DataConfig
+    from bench.grid.config import TRAIN_EXAMPLES, DataConfig
 
     expected = {"binarized-mnist": ("binary", (28, 28), (50000, 10000, 10000), ("bernoulli",)),
                 "mnist-dynamic": ("grayscale", (28, 28), (50000, 10000, 10000), ("bernoulli",)),
@@ -45,7 +45,7 @@ def test_registry_entries_and_config_derive_from_it() -> None:
 
 
 def test_unknown_dataset_suggests_a_close_name() -> None:
-    from bench.gridfile import parse_grid
+    from bench.grid.files import parse_grid
 
     with pytest.raises(DataError) as err:
         load_dataset("fashion_mnist")
@@ -139,7 +139,7 @@ def test_frey_real(shared_data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_show_data_lists_every_dataset(shared_data_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    from bench.data_command import show_data
+    from bench.commands.data import show_data
 
     assert show_data(shared_data_dir, download=False) == 0
     out = capsys.readouterr().out
@@ -154,8 +154,8 @@ def test_show_data_lists_every_dataset(shared_data_dir: Path, capsys: pytest.Cap
 
 def test_fashion_follows_mnist_dynamic(synth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        isolated: Path) -> None:
-    from bench.gridfile import parse_grid
-    from bench.runner import prepare_data
+    from bench.grid.files import parse_grid
+    from bench.tasks import prepare_data
 
     raw = tmp_path / "data/FashionMNIST/raw"
     train, test, labels = synth.pixels(30, 28, 28), synth.pixels(8, 28, 28), np.arange(8, dtype=np.uint8)

@@ -13,12 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-import bench.step
-from bench.gridfile import load_grid
-from bench.runner import RunTask, execute_task, run_grid_command
-from bench.stacking import plan_stacks
+import bench.training.step
+from bench.grid.files import load_grid
+from bench.grid.stacks import plan_stacks
+from bench.runner import run_grid_command
 from bench.storage import ResultsLayout
-from bench.train import RunData, Stack
+from bench.tasks import RunTask, execute_task
+from bench.training.run import RunData
+from bench.training.stack import Stack
 from tests.device_guard import REPO, ImplicitDeviceError, no_implicit_device
 from vae_core import load_vae
 from vae_core.posteriors import POSTERIORS
@@ -111,7 +113,7 @@ def test_the_compiled_path_creates_no_implicit_device(tmp_path, one_thread, monk
     """`train.compile` = true (the default), a stack of 2 (vmap): dynamo traces every stack function under the
     guard (backend "eager": the trace without inductor's C++ build, minutes here; one evaluation batch shape),
     and no guard error hides in an eager fallback. The grids above cover the eager paths, alone and stacked."""
-    monkeypatch.setattr(bench.step, "compile_fn", lambda fn, name, mode="default": torch.compile(
+    monkeypatch.setattr(bench.training.step, "compile_fn", lambda fn, name, mode="default": torch.compile(
         fn, dynamic=False, backend="eager"))
     cfgs = load_grid_text(tmp_path, tiny_grid([("iaf", "vamp")], compile=True, eval_batch_size=6))
     outcomes, fns = train_guarded(cfgs, synthetic_data(dynamic=False), tmp_path)

@@ -194,7 +194,7 @@ def test_corrupt_file_outside_cache_is_not_replaced(synth, server, tmp_path: Pat
 
 def test_show_data_download(synth, server, offline: Path, isolated: Path, closed_url: str,
                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from bench.data_command import show_data
+    from bench.commands.data import show_data
 
     base, root = server
     serve_binarized(synth, root)

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal
 
-from bench.optim import OPTIMIZERS, LrSchedule, flatten_parameters, is_flat
-from bench.step import FlatLayout, StackFunctions, StepOptions, kl_weight
-from bench.train import evaluate
+from bench.training.evaluate import evaluate
+from bench.training.optim import OPTIMIZERS, LrSchedule, flatten_parameters, is_flat
+from bench.training.step import FlatLayout, StackFunctions, StepOptions, kl_weight
 from vae_core import build_vae
-from vae_core.made import MADE
 from vae_core.nets import Decoder, Encoder
+from vae_core.nets.made import MADE
 
 TORCH_OPTIMIZERS = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=False),
@@ -142,7 +142,7 @@ def test_init_schemes_draw_what_they_name():
 
 
 def test_clipping_is_per_run_and_zero_means_off(float64):
-    from bench.optim import clip_gradient
+    from bench.training.optim import clip_gradient
 
     g = torch.tensor([3.0, 4.0])
     torch.testing.assert_close(clip_gradient(g, torch.tensor(1.0)), g / (5 + 1e-6))
@@ -251,7 +251,7 @@ def test_bf16_autocast_runs_matmuls_in_bf16_and_every_log_density_in_float32(pos
     log q come out float32, and the loss and gradient stay close to float32's (same weights, same noise)."""
     from torch.func import grad
 
-    from bench.step import run_loss
+    from bench.training.step import run_loss
 
     torch.manual_seed(0)
     model = build_vae({"hidden": [64], "latent_dim": 4, "posterior": posterior, "prior": prior,

@@ -14,7 +14,8 @@ from torch.autograd.functional import jacobian
 from vae_core import build_vae
 from vae_core.contract import logdet_errors
 from vae_core.contract.tools import LOGDET_TOL
-from vae_core.flows import GATE_BIAS_INIT, IAFStep, MAFLayer, planar, planar_constrain
+from vae_core.flows import IAFStep, MAFLayer, planar, planar_constrain
+from vae_core.flows.autoregressive import GATE_BIAS_INIT
 from vae_core.posteriors import IAFPosterior, PlanarPosterior
 from vae_core.priors import FlowPrior
 

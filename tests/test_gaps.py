@@ -1,4 +1,4 @@
-"""Inference gaps (vae_core.gaps) on 2-D-latent models where every ELBO is computed exactly: Gauss-Hermite
+"""Inference gaps (vae_core.inference_gaps) on 2-D-latent models where every ELBO is computed exactly: Gauss-Hermite
 quadrature over the base noise eps ~ N(0, I_2) (z = T(eps) for every reparameterised family) and the grid
 quadrature of tests/test_estimators for log p(x).
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.test_estimators import ALL_X, quadrature_log_px, quadrature_model
-from vae_core.gaps import (LocalFit, encoder_params, family_log_weight, ffg_log_weight, fit_local,
+from vae_core.inference_gaps import (LocalFit, encoder_params, family_log_weight, ffg_log_weight, fit_local,
                            inference_gaps, posterior_diagnostics, summarize)
 
 pytestmark = pytest.mark.usefixtures("float64", "one_thread")

@@ -13,10 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.config import EvalConfig
-from bench.gaps import GAP_COLUMNS, gap_figures, gap_subset
-from bench.gridfile import load_grid
-from bench.runner import RunTask, execute_task
+from bench.grid.config import EvalConfig
+from bench.grid.files import load_grid
+from bench.tasks import RunTask, execute_task
+from bench.training.gaps import GAP_COLUMNS, gap_figures, gap_subset
 from vae_core import load_vae
 
 GRID = """
@@ -99,7 +99,7 @@ def _eval(row) -> EvalConfig:
 
 
 def _test_images(tmp_path: Path, data_dir: Path) -> torch.Tensor:
-    from bench.runner import prepare_data
+    from bench.tasks import prepare_data
 
     grid = tmp_path / "t.toml"
     grid.write_text(GRID.format(gaps=GAPS))
@@ -113,7 +113,7 @@ def test_gaps_command_fills_in_the_same_figures_skips_done_runs_and_resumes(tmp_
     for path in (stripped / "runs").glob("*.parquet"):
         pd.read_parquet(path).drop(columns=list(GAP_COLUMNS)).to_parquet(path, index=False)
 
-    import bench.gaps_command as command
+    import bench.finished_gaps as command
 
     calls = []
     real = command.gap_figures

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import gpu_check
-from bench.gpu_report import GpuFacts, Phase, SuiteCounts, largest_differences, render_report, stacked_throughput
-from bench.gridfile import load_grid, parse_grid
+from bench.gpu_check import check as gpu_check
+from bench.gpu_check.report import GpuFacts, Phase, SuiteCounts, largest_differences, render_report, stacked_throughput
+from bench.grid.files import load_grid, parse_grid
 
 REPO = gpu_check.REPO
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import DataConfig, EvalConfig, RunConfig, TrainConfig
+from bench.grid.config import DataConfig, EvalConfig, RunConfig, TrainConfig
 from vae_core.config import ConfigError, ModelConfig
 from vae_core.distributions import bernoulli_log_prob
 from vae_core.likelihoods import LIKELIHOODS, DiscretizedLogistic, discretized_logistic_log_prob
@@ -158,7 +158,7 @@ def test_frey_shaped_runs_train_in_a_stack_exactly_as_alone(float64, one_thread,
     like the Bernoulli one: each run of a stack of 3 trains as it does alone (tests/test_stacking.py's check)."""
     from dataclasses import replace
 
-    from bench.train import RunData
+    from bench.training.run import RunData
     from tests import test_stacking
 
     cfgs = [replace(cfg, model=replace(cfg.model, likelihood="discretized-logistic"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vae_core.made import MADE
+from vae_core.nets.made import MADE
 
 
 pytestmark = pytest.mark.usefixtures("float64", "one_thread")
@@ -38,7 +38,7 @@ def reinit(module: torch.nn.Module, seed: int) -> None:
 def allowed_matrix(order: torch.Tensor) -> torch.Tensor:
     """[D, D] bool: output i may depend on input j iff j comes strictly before i in `order`.
 
-    Computed from the ordering alone (not from vae_core.made.degrees) so the test is independent of it.
+    Computed from the ordering alone (not from vae_core.nets.made.degrees) so the test is independent of it.
     """
     rank = torch.argsort(order)  # rank[d] = position of dim d in the ordering
     return rank[None, :] < rank[:, None]

@@ -120,7 +120,7 @@ def test_activations_compute_what_they_name(float64):
 
 
 def test_hardtanh_logvar_scale_clamps_the_log_variance_to_minus_6_and_2(float64):
-    from vae_core.nets import hardtanh_logvar_scale
+    from vae_core.nets.coders import hardtanh_logvar_scale
 
     raw = torch.tensor([-10.0, -6.0, 0.0, 1.0, 2.0, 5.0], dtype=torch.float64)
     expected = torch.exp(0.5 * torch.tensor([-6.0, -6.0, 0.0, 1.0, 2.0, 2.0], dtype=torch.float64))

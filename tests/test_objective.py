@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.func import grad
 
-from bench.optim import LrSchedule
-from bench.step import FlatLayout, run_loss
+from bench.training.optim import LrSchedule
+from bench.training.step import FlatLayout, run_loss
 from vae_core import build_vae
 from vae_core.estimators import iw_bound
 

@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 
 import bench.executors.ray
 from bench.cli import app
-from bench.gridfile import load_grid
+from bench.grid.files import load_grid
 from bench.progress import GridProgress
-from bench.runner import RunTask, execute_run, run_grid_command
+from bench.runner import run_grid_command
 from bench.storage import ResultsLayout
+from bench.tasks import RunTask, execute_run
 from tests import ray_tasks
 
 SMALL = """

@@ -131,7 +131,7 @@ def test_a_class_without_the_interface_is_refused(plugin_path):
         "'model.posterior' = 'not-a-posterior' (fakeplugin==1.2.3): NotAPosterior does not implement the posterior "
         "interface: no from_noise")
     assert "Wide does not implement the prior interface: no log_prob, sample" in message({"prior": "fake_family:Wide"})
-    assert "is a module, not a class" in message({"prior": "vae_core.priors:math"})
+    assert "is a module, not a class" in message({"prior": "vae_core.priors.mixture:math"})
 
 
 def test_from_config_rejecting_the_config_is_one_line(plugin_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.gridfile import load_grid
+from bench.grid.files import load_grid
 from bench.report import make_report
 from bench.report import figures
 from bench.report.reproductions import PUBLISHED, plot_reproduction_progress, reproduction_table

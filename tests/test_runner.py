@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bench.step
+import bench.training.step
 from bench.cli import app
-from bench.gridfile import load_grid, parse_grid
-from bench.runner import RunTask, eval_subset, execute_run, execute_task
+from bench.grid.files import load_grid, parse_grid
 from bench.storage import ResultsLayout, atomic_write
+from bench.tasks import RunTask, eval_subset, execute_run, execute_task
 from vae_core import load_vae
 from vae_core.config import ConfigError
 
@@ -81,7 +81,7 @@ def test_durations_in_epochs_resolve_to_steps_of_the_training_set():
     assert run.train.max_epochs == 3  # the epoch keys stay in the resolved config (and its hash)
     (dynamic,) = parse_grid({"data": {"dataset": "mnist-dynamic"}, "train": {"batch_size": 100, "max_epochs": 2}})
     assert dynamic.train.max_steps == 1000  # 60000 - 10000 held out for validation
-    from bench.config import TrainConfig
+    from bench.grid.config import TrainConfig
     with pytest.raises(ConfigError, match="give 'train.max_epochs' or 'train.max_steps', not both"):
         TrainConfig(max_epochs=2, max_steps=77).in_steps("binarized-mnist")
 
@@ -138,7 +138,7 @@ DEFAULTS_SNAPSHOT = {'model': {'data_dim': 784,
 
 
 def test_defaults_keep_their_values_so_run_ids_keep_their_meaning():
-    from bench.config import HASH_VERSION, defaults
+    from bench.grid.config import HASH_VERSION, defaults
 
     now = defaults()
     changed = [f"{s}.{k}" for s, table in DEFAULTS_SNAPSHOT.items() for k, v in table.items() if now[s].get(k) != v]
@@ -421,7 +421,7 @@ def test_failed_run_is_recorded_and_exit_code_is_nonzero(small_grid, monkeypatch
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(bench.step, "train_step", boom)
+        m.setattr(bench.training.step, "train_step", boom)
         res = run_cli(grid, results, data_dir)
     assert res.exit_code == 1
     runs = pd.read_parquet(results / "runs")
@@ -451,7 +451,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
             raise RuntimeError("inductor: no working C++ compiler\nsecond line")
         return fail
 
-    monkeypatch.setattr(bench.step, "compile_fn", broken_compile)
+    monkeypatch.setattr(bench.training.step, "compile_fn", broken_compile)
     compiled_grid = write(tmp_path, SMALL.replace("compile = false", "compile = true"), "c.toml")
     row = execute_run(_task(compiled_grid, tmp_path / "fallback", data_dir))
     assert row["status"] == "completed" and not row["compiled"]

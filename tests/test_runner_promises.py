@@ -26,14 +26,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bench.step
-import bench.train
+import bench.training.evaluate
+import bench.training.stack
+import bench.training.step
 from bench.cli import app
-from bench.gridfile import load_grid
-from bench.optim import OPTIMIZERS, flatten_parameters
+from bench.grid.files import load_grid
 from bench.runner import pending_runs
-from bench.step import FlatLayout, StackFunctions
 from bench.storage import ResultsLayout
+from bench.training.optim import OPTIMIZERS, flatten_parameters
+from bench.training.step import FlatLayout, StackFunctions
 from vae_core import load_vae
 from vae_core.data import load_dataset, sources
 
@@ -45,10 +46,10 @@ class Seams:
     """The internals the tests wrap, as (owner, attribute). Retarget them here when the training code moves.
     (The child process of `spawn_grid` wraps one more: `bench.storage.atomic_write`, see CHILD.)"""
 
-    step = (bench.train.Stack, "step")  # one step of every live run of a stack: (stack) -> (rec, kl) [R]
-    evaluate = (bench.train, "evaluate")  # one evaluation of a split, all runs given -> [{"elbo", ...}]
-    compile = (bench.step, "compile_fn")  # (fn, name) -> fn compiled; name: train_step, log_weight, ...
-    test_seed_offset = bench.train.TEST_SEED_OFFSET  # test evaluation noise: generator seed train.seed + this
+    step = (bench.training.stack.Stack, "step")  # one step of every live run of a stack: (stack) -> (rec, kl) [R]
+    evaluate = (bench.training.stack, "evaluate")  # one evaluation of a split, all runs given -> [{"elbo", ...}]
+    compile = (bench.training.step, "compile_fn")  # (fn, name) -> fn compiled; name: train_step, log_weight, ...
+    test_seed_offset = bench.training.evaluate.TEST_SEED_OFFSET  # test evaluation noise: generator seed train.seed + this
 
 
 def wrap(monkeypatch: pytest.MonkeyPatch, seam: tuple[object, str], make: Callable[[Callable], Callable]) -> None:
@@ -279,7 +280,7 @@ def evaluate_as_test(model, x: torch.Tensor, row: pd.Series) -> dict[str, float]
     fns = StackFunctions(model, OPTIMIZERS["sgd"], compile=False)
     flat = FlatLayout(model).flatten(model)[None]  # [1, N]
     seed = int(row["train.seed"]) + Seams.test_seed_offset
-    return bench.train.evaluate(fns, flat, x, [seed], int(row["eval.elbo_samples"]), int(row["eval.iw_samples"]),
+    return bench.training.evaluate.evaluate(fns, flat, x, [seed], int(row["eval.elbo_samples"]), int(row["eval.iw_samples"]),
                                 int(row["data.eval_batch_size"]))[0]
 
 
@@ -355,7 +356,7 @@ def test_kl_warmup_follows_its_schedule_and_curves_report_beta_one(tmp_path, syn
 
     def spy(step):
         def recorded(stack):
-            betas.append(float(bench.step.kl_weight(stack.t, stack.warmup)[0]))
+            betas.append(float(bench.training.step.kl_weight(stack.t, stack.warmup)[0]))
             return step(stack)
         return recorded
 

@@ -16,13 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bench.step
+import bench.training.step
 from bench.cli import app
-from bench.gridfile import parse_grid
-from bench.optim import OPTIMIZERS
-from bench.stacking import PER_RUN_KEYS, plan_stacks, stack_key
+from bench.grid.files import parse_grid
+from bench.grid.stacks import PER_RUN_KEYS, plan_stacks, stack_key
 from bench.storage import ResultsLayout
-from bench.train import RunData, Stack
+from bench.training.optim import OPTIMIZERS
+from bench.training.run import RunData
+from bench.training.stack import Stack
 from tests.conftest import DEVICES
 from vae_core.posteriors import POSTERIORS
 from vae_core.priors import PRIORS
@@ -106,7 +107,7 @@ def assert_stack_trains_as_alone(cfgs, tmp_path, device):
 
 
 def test_a_stack_of_one_is_the_plain_function_without_vmap(float64, tmp_path):
-    """R = 1 calls `bench.step.train_step` itself on the run's tensors: bit for bit, no batching."""
+    """R = 1 calls `bench.training.step.train_step` itself on the run's tensors: bit for bit, no batching."""
     (cfg, *_) = configs("iaf", "vamp", "adam")
     stack = Stack([cfg], synthetic_data(), ResultsLayout(tmp_path), torch.device("cpu"))
     stack.prepare()
@@ -116,7 +117,7 @@ def test_a_stack_of_one_is_the_plain_function_without_vmap(float64, tmp_path):
     batch_gen = torch.Generator().manual_seed(cfg.train.seed + 1_000_003)
     idx = torch.randperm(40, generator=batch_gen)[:8]
     eps = torch.randn((1, 8, 3), generator=gen)
-    out = bench.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
+    out = bench.training.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
                                 tuple(s[0] for s in state), t[0], stack.data.train[idx], eps, stack.lr[0],
                                 stack.warmup[0], stack.clip[0], torch.tensor(True))
     assert torch.equal(stack.flat[0], out[0]) and torch.equal(stack.t[0], out[2])
@@ -179,9 +180,9 @@ def test_a_stack_draws_the_objectives_k_samples_from_each_runs_generator(float64
     idx = torch.randperm(40, generator=torch.Generator().manual_seed(cfg.train.seed + 1_000_003))[:8]
     gen = torch.Generator().manual_seed(cfg.train.seed)
     eps = torch.stack([torch.randn((8, 3), generator=gen) for _ in range(3)])  # one [B, D] block per sample
-    out = bench.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
+    out = bench.training.step.train_step(stack.template, stack.fns.layout, OPTIMIZERS["adam"], flat[0],
                                 tuple(s[0] for s in state), t[0], stack.data.train[idx], eps, stack.lr[0],
-                                stack.warmup[0], stack.clip[0], torch.tensor(True), bench.step.StepOptions("iwae"))
+                                stack.warmup[0], stack.clip[0], torch.tensor(True), bench.training.step.StepOptions("iwae"))
     assert torch.equal(stack.flat[0], out[0])
 
 

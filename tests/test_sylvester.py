@@ -14,7 +14,7 @@ from vae_core import build_vae
 from vae_core.config import ConfigError
 from vae_core.posteriors import (HouseholderPosterior, HouseholderSylvesterPosterior, OrthogonalSylvesterPosterior,
                                  TriangularSylvesterPosterior)
-from vae_core.sylvester import (ORTHO_MAX_ITERATIONS, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
+from vae_core.flows.sylvester import (ORTHO_MAX_ITERATIONS, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
                                 orthogonality_error, orthogonalize, ortho_tolerance, sylvester, sylvester_triangular,
                                 triangular_pair)
 

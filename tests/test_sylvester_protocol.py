@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.gridfile import parse_grid
+from bench.grid.files import parse_grid
 from bench.storage import ResultsLayout
-from bench.train import Run
+from bench.training.run import Run
 from tests.test_stacking import synthetic_data
 from vae_core import build_vae
 from vae_core.config import ConfigError
-from vae_core.gated_conv import GatedConv2d, GatedConvTranspose2d, gated_conv_decoder, gated_conv_encoder
-from vae_core.nets import softplus_variance_scale
+from vae_core.nets.coders import softplus_variance_scale
+from vae_core.nets.gated_conv import GatedConv2d, GatedConvTranspose2d, gated_conv_decoder, gated_conv_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

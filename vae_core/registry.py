@@ -1,8 +1,8 @@
 """The one place family names resolve: posterior families, priors and datasets.
 
 A name is, in this order of lookup:
-- a built-in: a key of `POSTERIORS` (vae_core.posteriors), `PRIORS` (vae_core.priors) or the data layer's
-  `DATASETS`; origin "builtin";
+- a built-in: a key of `POSTERIORS` (vae_core.posteriors), `PRIORS` (vae_core.priors) or `DATASETS`
+  (vae_core.data.catalog); origin "builtin";
 - an entry point of an installed distribution, in the group `vaebench.posteriors`, `vaebench.priors` or
   `vaebench.datasets`; origin "dist==version";
 - "module.path:ClassName", imported on first use (the module must be importable wherever the runs execute);
@@ -12,7 +12,9 @@ Resolution is by name, in the process that builds the model (a worker resolves t
 itself), so no class is ever pickled. Every problem is a one-line `ConfigError` naming the key: an unknown
 name (with the closest suggested), a module that does not import (its exception's first line), a class that
 does not implement the interface, an entry point that shadows a built-in, a `from_config` that rejects the
-config (`check_model`, run when a run config is resolved, so before anything runs).
+config (`vae_core.vae.check_model`, run when a run config is resolved, so before anything runs).
+The built-in tables are found by name too (`Kind.builtins`), so this module imports no family: it sits below
+the families and the data layer, which may use it.
 """
 
 from __future__ import annotations
@@ -30,48 +32,33 @@ BUILTIN = "builtin"
 
 @dataclass(frozen=True)
 class Kind:
-    """What is resolved: its config key, entry-point group, built-in table and interface."""
+    """What is resolved: its config key, entry-point group, built-in table and interface. The table and the base
+    class are 'module:NAME' paths, imported on first use by the same lookup as a plugin's, so the registry
+    imports no family module and every family module may import the registry's layer below it."""
 
     key: str
     group: str
-    builtins: Callable[[], Mapping[str, Any]]
-    methods: tuple[str, ...]  # callables a class must have (unless it subclasses `base()`)
-    base: Callable[[], type | None] = lambda: None
-
-
-def _posteriors() -> Mapping[str, Any]:
-    from vae_core.posteriors import POSTERIORS
-
-    return POSTERIORS
-
-
-def _priors() -> Mapping[str, Any]:
-    from vae_core.priors import PRIORS
-
-    return PRIORS
-
-
-def _datasets() -> Mapping[str, Any]:
-    """The data layer's built-in table (`vae_core.data.registry.DATASETS`) where it exists."""
-    try:
-        module = importlib.import_module("vae_core.data.registry")
-    except ModuleNotFoundError:
-        return {}
-    return getattr(module, "DATASETS", {})
-
-
-def _posterior_base() -> type:
-    from vae_core.posteriors import Posterior
-
-    return Posterior
+    builtins: str  # 'module:TABLE', a name -> object mapping
+    methods: tuple[str, ...]  # callables a class must have (unless it subclasses `base`)
+    base: str | None = None  # 'module:Class'
 
 
 KINDS: dict[str, Kind] = {
-    "posterior": Kind("model.posterior", "vaebench.posteriors", _posteriors, ("from_noise", "from_config"),
-                      _posterior_base),
-    "prior": Kind("model.prior", "vaebench.priors", _priors, ("log_prob", "sample", "from_config")),
-    "dataset": Kind("data.dataset", "vaebench.datasets", _datasets, ()),
+    "posterior": Kind("model.posterior", "vaebench.posteriors", "vae_core.posteriors:POSTERIORS",
+                      ("from_noise", "from_config"), "vae_core.posteriors.base:Posterior"),
+    "prior": Kind("model.prior", "vaebench.priors", "vae_core.priors:PRIORS", ("log_prob", "sample", "from_config")),
+    "dataset": Kind("data.dataset", "vaebench.datasets", "vae_core.data.catalog:DATASETS", ()),
 }
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def builtins(kind: str) -> Mapping[str, Any]:
+    """The built-in table of a kind (name -> class or dataset spec)."""
+    return _load(KINDS[kind].builtins)
 
 
 @dataclass(frozen=True)
@@ -101,8 +88,8 @@ def entry_points(kind: str) -> dict[str, tuple[importlib.metadata.EntryPoint, ..
 
 def names(kind: str) -> list[str]:
     """Built-in names, then installed plugin names (dotted paths are not listed)."""
-    builtins = list(KINDS[kind].builtins())
-    return builtins + [n for n in sorted(entry_points(kind)) if n not in builtins]
+    builtin = list(builtins(kind))
+    return builtin + [n for n in sorted(entry_points(kind)) if n not in builtin]
 
 
 def _distribution(ep: importlib.metadata.EntryPoint) -> str:
@@ -133,8 +120,7 @@ def check_interface(kind: str, name: str, obj: Any, origin: str) -> None:
     where = f"'{spec.key}' = {name!r} ({origin})"
     if not isinstance(obj, type):
         raise ConfigError(f"{where} is a {type(obj).__name__}, not a class implementing the {kind} interface")
-    base = spec.base()
-    if base is not None and issubclass(obj, base):
+    if spec.base is not None and issubclass(obj, _load(spec.base)):
         return
     missing = [m for m in spec.methods if not callable(getattr(obj, m, None))]
     if missing:
@@ -146,18 +132,18 @@ def check_interface(kind: str, name: str, obj: Any, origin: str) -> None:
 def resolve(kind: str, name: str) -> Resolved:
     """The class behind a name (see the module docstring); cached per process."""
     spec = KINDS[kind]
-    builtins = spec.builtins()
+    table = builtins(kind)
     plugins = entry_points(kind)
     if name in plugins:
         eps = plugins[name]
-        if name in builtins:
+        if name in table:
             raise ConfigError(f"'{spec.key}' = {name!r}: the plugin from {_distribution(eps[0])} shadows the "
                               f"built-in {kind} {name!r}; the plugin must use another name")
         if len(eps) > 1:
             raise ConfigError(f"'{spec.key}' = {name!r} is declared by several distributions "
                               f"({', '.join(_distribution(ep) for ep in eps)}); uninstall all but one")
-    if name in builtins:
-        resolved = Resolved(kind, name, builtins[name], BUILTIN)
+    if name in table:
+        resolved = Resolved(kind, name, table[name], BUILTIN)
     elif name in plugins:
         ep = plugins[name][0]
         origin = _distribution(ep)
@@ -180,7 +166,6 @@ def clear_cache() -> None:
     """Forget resolved names and installed entry points (after installing a plugin in this process)."""
     resolve.cache_clear()
     entry_points.cache_clear()
-    check_model.cache_clear()
 
 
 def origins(cfg: ModelConfig) -> dict[str, str]:
@@ -210,17 +195,3 @@ def build_prior(cfg: ModelConfig, encoder: Any) -> Any:
     """The prior `cfg.prior`, built by its `from_config(cfg, encoder)`."""
     resolved = resolve("prior", cfg.prior)
     return _construct(resolved, lambda: resolved.obj.from_config(cfg, encoder))
-
-
-@functools.cache
-def check_model(cfg: ModelConfig) -> None:
-    """Both family names resolve and their `from_config` accept `cfg`: the VAE is built once per distinct model
-    config, on the CPU, without disturbing the global random state."""
-    import torch
-
-    from vae_core.vae import VAE
-
-    resolve("posterior", cfg.posterior)
-    resolve("prior", cfg.prior)
-    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-        VAE(cfg)

@@ -12,11 +12,11 @@ import torch.nn as nn
 from vae_core.config import ConfigError, ModelConfig, to_dict
 from vae_core.distributions import kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
-from vae_core.gated_conv import gated_conv_decoder_floats
 from vae_core.likelihoods import likelihood_for
 from vae_core.nets import Decoder, Encoder, image_shape
+from vae_core.nets.gated_conv import gated_conv_decoder_floats
 from vae_core.posteriors import standard_normal
-from vae_core.registry import build_posterior, build_prior
+from vae_core.registry import build_posterior, build_prior, resolve
 
 CHECKPOINT_FORMAT = "vaebench-vae/1"
 
@@ -57,7 +57,7 @@ class VAE(nn.Module):
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x|z), log p(z)), each [k, B], for latents z [k, B, D] from any proposal (pure): the model's
-        side of every log-weight, e.g. of a Gaussian fitted per image (`vae_core.gaps`)."""
+        side of every log-weight, e.g. of a Gaussian fitted per image (`vae_core.inference_gaps`)."""
         return self.log_px_z(x, z), self.prior.log_prob(z)
 
     def log_px_z(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -180,3 +180,17 @@ def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
     except (ConfigError, RuntimeError, KeyError, AttributeError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
     return model.to(map_location)
+
+
+_CHECKED: set[tuple] = set()
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Both family names resolve and their `from_config` accept `cfg`: the VAE is built once per distinct model
+    config and resolved classes, on the CPU, without disturbing the global random state."""
+    key = (cfg, resolve("posterior", cfg.posterior).obj, resolve("prior", cfg.prior).obj)
+    if key in _CHECKED:
+        return
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        VAE(cfg)
+    _CHECKED.add(key)

@@ -15,21 +15,21 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import UserError
-from bench.storage import atomic_write
-from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
-                                  plot_versus, plot_versus_by_lr)
 from bench.report.datasets import dataset_groups, is_8bit, units_sentence
 from bench.report.families import family_markdown
+from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
+                                  plot_versus, plot_versus_by_lr)
 from bench.report.gaps import gaps_markdown
 from bench.report.literature import literature_markdown
 from bench.report.origins import origin_lines
 from bench.report.reproductions import (benchmark_curves, plot_reproduction_progress, reproduction_markdown,
                                         reproduction_rows, reproduction_table)
 from bench.report.tables import (best_lr_table, best_row, best_runs, completed, display_best_lr_table,
-                                 display_main_table, failures, load_curves, load_results, main_table,
-                                 normalize_runs, several_lrs, status_counts, to_markdown)
+                                 display_main_table, failures, load_curves, load_results, main_table, normalize_runs,
+                                 several_lrs, status_counts, to_markdown)
 from bench.report.versus import (display_versus, no_lr_overlap, pick_baseline, versus_by_lr, versus_sentence,
                                  versus_table)
+from bench.storage import atomic_write
 from vae_core.data.paths import check_data_dir
 
 __all__ = ["make_report", "main_table", "best_lr_table", "best_runs", "best_row", "failures", "status_counts",

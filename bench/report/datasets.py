@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.report.tables import normalize_runs
-from vae_core.data.registry import DATASETS
+from vae_core.data.catalog import DATASETS
 
 DATASET_COLUMN = "data.dataset"
 

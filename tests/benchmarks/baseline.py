@@ -21,7 +21,7 @@ class MaskedLinear(nn.Linear):
 
 class BaselineMADEStep(nn.Module):
     """One gated IAF step: 2-layer MADE with the context added to the first hidden layer and to the outputs
-    (the same work as `vae_core.made.MADE`: one unbiased context matmul to hidden + 2 x dim units)."""
+    (the same work as `vae_core.nets.made.MADE`: one unbiased context matmul to hidden + 2 x dim units)."""
 
     def __init__(self, dim: int, hidden: int, reverse: bool):
         super().__init__()

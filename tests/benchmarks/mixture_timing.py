@@ -2,7 +2,7 @@
 (configs/reproduce/vampprior-{vamp,standard}.toml: their model and train keys, compiled as there), and the
 matrix-product mixture log-density against the direct form it replaced, all in one process:
 
-- the k = 5000 IW test of 500 test images (`bench.train.evaluate`, the reproduction's test path) per side;
+- the k = 5000 IW test of 500 test images (`bench.training.evaluate.evaluate`, the reproduction's test path) per side;
 - one training step (batch 100, Adam with per-tensor normalized gradients, as the protocol trains).
 
 The direct form is `mixture_log_prob_direct` patched in for `mixture_log_prob`, with the IW chunks sized as they
@@ -32,11 +32,14 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-import vae_core.priors as priors  # noqa: E402
-from bench.gridfile import parse_grid  # noqa: E402
+import vae_core.priors.vamp as vamp  # noqa: E402  (the VampPrior's module: its mixture form is patched)
+from bench.grid.files import parse_grid  # noqa: E402
 from bench.storage import ResultsLayout  # noqa: E402
-from bench.train import RunData, Stack, evaluate  # noqa: E402
+from bench.training.evaluate import evaluate
+from bench.training.run import RunData
+from bench.training.stack import Stack
 from vae_core.estimators import iw_chunk_size  # noqa: E402
+from vae_core.priors import mixture_log_prob_direct  # noqa: E402
 
 PROTOCOL = REPO / "configs" / "reproduce"
 FORMS = ("matmul", "direct", "floor")
@@ -55,11 +58,11 @@ def mixture_form(form: str) -> Iterator[None]:
         yield
         return
     if form == "floor":
-        with mock.patch.object(priors, "mixture_log_prob", _free_mixture_sum):
+        with mock.patch.object(vamp, "mixture_log_prob", _free_mixture_sum):
             yield
         return
-    with mock.patch.object(priors, "mixture_log_prob", priors.mixture_log_prob_direct), \
-            mock.patch.object(priors, "mixture_floats_per_sample", lambda components, dim: 2 * components * dim):
+    with mock.patch.object(vamp, "mixture_log_prob", mixture_log_prob_direct), \
+            mock.patch.object(vamp, "mixture_floats_per_sample", lambda components, dim: 2 * components * dim):
         yield
 
 
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train, test = benchmark_mnist(_shared_data())
     x = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))[:args.images]]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; code {Path(priors.__file__).parents[1]}; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; code {Path(vamp.__file__).parents[2]}; "
           f"protocol {PROTOCOL.name}/vampprior-*.toml")
     train_s, iw_s = {}, {}
     for prior, form in SIDES + [("vamp", "floor")]:

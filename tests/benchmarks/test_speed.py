@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.gridfile import parse_grid
-from bench.optim import OPTIMIZERS
-from bench.step import FlatLayout, StackFunctions
+from bench.grid.files import parse_grid
 from bench.storage import ResultsLayout
-from bench.train import RunData, Stack, evaluate
+from bench.training.evaluate import evaluate
+from bench.training.optim import OPTIMIZERS
+from bench.training.run import RunData
+from bench.training.stack import Stack
+from bench.training.step import FlatLayout, StackFunctions
 from tests.benchmarks.baseline import (BaselineVAE, baseline_iw_log_px, baseline_loader, baseline_optimizer,
                                        baseline_train_step)
 from tests.benchmarks.conftest import record

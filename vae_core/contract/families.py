@@ -6,10 +6,9 @@ import math
 
 import torch
 
-from vae_core.contract.tools import (
-    LOGDET_TOL, OUTER_MASS_TOL, PRIOR_MASS_TOL, Q_MASS_TOL, RATIO_SE_MAX, SE_BOUND, B, Check, K, gen, grid,
-    grid_mass, guarded, histogram_z_scores, inputs, logdet_errors, model_checks, moment_errors, outer_mass,
-    perturbed_model, ratio_mean)
+from vae_core.contract.tools import (LOGDET_TOL, OUTER_MASS_TOL, PRIOR_MASS_TOL, Q_MASS_TOL, RATIO_SE_MAX, SE_BOUND, B,
+                                     Check, K, gen, grid, grid_mass, guarded, histogram_z_scores, inputs, logdet_errors,
+                                     model_checks, moment_errors, outer_mass, perturbed_model, ratio_mean)
 from vae_core.distributions import normal_log_prob, std_normal_log_prob
 from vae_core.registry import resolve
 

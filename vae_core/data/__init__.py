@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from vae_core.data import mnist
+from vae_core.data.catalog import DATASETS, DEFAULT_SPLIT_SEED, KINDS, DatasetSpec, get_spec
 from vae_core.data.dataset import Dataset, binarize
 from vae_core.data.errors import ChecksumError, CorruptDataError, DataError, DownloadError, MissingDataError
 from vae_core.data.paths import cache_dir, check_data_dir, data_dirs, offline_from_env
-from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, KINDS, DatasetSpec, get_spec
 
 __all__ = [
     "DATASETS", "DEFAULT_SPLIT_SEED", "KINDS", "ChecksumError", "CorruptDataError", "DataError", "Dataset",

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
 DEFAULT_SPLIT_SEED = 123
 """`data.split_seed`'s default: the seed of the IWAE code's Omniglot permutation and of the Sylvester-flow code's
 Frey Faces shuffle (datasets with published splits ignore it)."""
@@ -19,7 +18,7 @@ Frey Faces shuffle (datasets with published splits ignore it)."""
 class Dataset:
     """Train/valid/test images as [N, H*W] float32 (pixels row-major), with provenance.
 
-    `kind` (see `vae_core.data.registry.KINDS`): "binary" holds {0, 1}; "grayscale" holds intensities in [0, 1]
+    `kind` (see `vae_core.data.catalog.KINDS`): "binary" holds {0, 1}; "grayscale" holds intensities in [0, 1]
     that the trainer binarizes afresh for every batch with `binarize` (`dynamic` is True exactly for these);
     "8bit" holds v / 255 for integers v in 0..255 (exactly invertible by round(x * 255)).
     `kind` left empty is derived from `dynamic` (binary or grayscale).

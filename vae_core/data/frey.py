@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_core.data import formats, pickles
-from vae_core.data.dataset import (DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor,
-                                   seeded_permutation)
+from vae_core.data.dataset import DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor, seeded_permutation
 from vae_core.data.errors import ChecksumError, CorruptDataError
 from vae_core.data.files import FIX, RemoteFile, load_file, locate
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from vae_core.data import binarized, mnist
+from vae_core.data.catalog import DATASETS, DEFAULT_SPLIT_SEED, DatasetSpec
 from vae_core.data.errors import ChecksumError, DataError, MissingDataError
 from vae_core.data.paths import data_dirs
-from vae_core.data.registry import DATASETS, DEFAULT_SPLIT_SEED, DatasetSpec
 
 IDX_DATASETS = {"mnist-dynamic": mnist.MNIST, "fashion-mnist": mnist.FASHION}
 """Registry entries whose files are surveyed (and downloaded) one IDX file at a time."""

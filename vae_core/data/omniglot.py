@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_core.data import formats
-from vae_core.data.dataset import (DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor,
-                                   seeded_permutation)
+from vae_core.data.dataset import DEFAULT_SPLIT_SEED, Dataset, combined_digest, images_tensor, seeded_permutation
 from vae_core.data.files import RemoteFile, load_file
 
 NAME = "omniglot"

@@ -4,10 +4,13 @@ optional download of whatever is missing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.commands import DataDir, user_errors
 from vae_core.data import sources
 from vae_core.data.inventory import Entry, Summary, fetch_missing, inventory, summaries
 from vae_core.data.paths import check_data_dir, data_dirs, describe_dirs
@@ -83,3 +86,13 @@ def show_data(data_dir: Path | None, download: bool) -> int:
             err.print(f"[red]{e.item}:[/] {e.detail}", highlight=False, soft_wrap=True)
     err.print(_HINT.format(dirs=describe_dirs(data_dirs(data_dir))), highlight=False, soft_wrap=True)
     return 2
+
+
+def command(
+    data_dir: Optional[Path] = DataDir,
+    download: bool = typer.Option(False, "--download", help="Download what is missing (needs internet)."),
+) -> None:
+    """List the datasets: where each was found, split sizes, pixel means, checksum status."""
+    with user_errors():
+        code = show_data(data_dir, download)
+    raise typer.Exit(code)

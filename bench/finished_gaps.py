@@ -17,11 +17,12 @@ from typing import TextIO
 import pandas as pd
 import torch
 
-from bench.config import DataConfig, EvalConfig
 from bench.errors import UserError
-from bench.gaps import gap_figures
-from bench.runner import eval_sets, pick_device, write_row
+from bench.grid.config import DataConfig, EvalConfig
+from bench.rows import write_row
 from bench.storage import ResultsLayout
+from bench.tasks import eval_sets, pick_device
+from bench.training.gaps import gap_figures
 from vae_core import CheckpointError, load_vae
 from vae_core.data import check_data_dir, load_dataset
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.config import RunConfig
 from bench.errors import UserError
+from bench.grid.config import RunConfig
 
 PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience",
                 "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys

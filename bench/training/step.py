@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from bench.optim import LrSchedule, Optimizer, State, clip_gradient, normalize_per_tensor
+from bench.training.optim import LrSchedule, Optimizer, State, clip_gradient, normalize_per_tensor
 from vae_core import VAE
 from vae_core.estimators import iw_bound
 

@@ -13,8 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from bench.config import EPOCH_KEYS, SECTIONS, RunConfig
 from bench.errors import UserError
+from bench.grid.config import EPOCH_KEYS, SECTIONS, RunConfig
 from vae_core.config import ConfigError, field_names, from_dict, suggest
 
 TOP_LEVEL = ("name", "model", "train", "data", "eval", "variant", "grid")

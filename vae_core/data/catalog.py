@@ -1,4 +1,4 @@
-"""The datasets vaebench knows: the one place dataset names resolve (as POSTERIORS / PRIORS for families).
+"""The built-in datasets (`DATASETS`, found by `vae_core.registry` as POSTERIORS / PRIORS are for families).
 
 Each entry says what the data is (kind, image shape, the likelihoods that fit it, its split sizes as published)
 and how to load it; the module named in `module` declares its files, canonical URLs and digests.
@@ -14,6 +14,7 @@ from pathlib import Path
 from vae_core.data import binarized, caltech, frey, mnist, omniglot
 from vae_core.data.dataset import DEFAULT_SPLIT_SEED, Dataset  # noqa: F401  (re-exported beside DATASETS)
 from vae_core.data.errors import DataError
+from vae_core.registry import entry_points, resolve
 
 KINDS: dict[str, tuple[str, ...]] = {
     "binary": ("bernoulli",),  # static {0, 1}
@@ -73,8 +74,6 @@ def get_spec(name: str) -> DatasetSpec:
     """The registry entry `name`; DataError with a close match for an unknown name."""
     if name in DATASETS:
         return DATASETS[name]
-    from vae_core.registry import entry_points, resolve
-
     if ":" in str(name) or name in entry_points("dataset"):
         return resolve("dataset", name).obj  # a `vaebench.datasets` plugin or 'module.path:NAME' (errors: one line)
     close = difflib.get_close_matches(str(name), list(DATASETS), n=1, cutoff=0.5)

@@ -1,4 +1,4 @@
-"""The markdown report of `make gpu-check` (`bench.gpu_check`), from plain facts: pure, no torch, no I/O.
+"""The markdown report of `make gpu-check` (`bench.gpu_check.check`), from plain facts: pure, no torch, no I/O.
 
 `GpuFacts` holds what the check measured: the machine, the overrides that shortened the grid, the test counts,
 each phase's wall time and run table (the `runs/` rows of `vaebench run`), and the CPU-vs-CUDA differences.

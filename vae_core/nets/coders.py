@@ -1,5 +1,5 @@
 """Encoder and decoder networks (MLP for any pixel count; conv for images whose sides divide by 4; the gated
-convs of `vae_core.gated_conv`), built from a
+convs of `vae_core.nets.gated_conv`), built from a
 ModelConfig."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vae_core.config import ModelConfig
-from vae_core.gated_conv import GATED_CONV_FEATURES, gated_conv_decoder, gated_conv_encoder
+from vae_core.nets.gated_conv import GATED_CONV_FEATURES, gated_conv_decoder, gated_conv_encoder
 
 CONV_CHANNELS = (32, 64)
 CONV_STRIDE = 4  # two stride-2 convs: 28x28 -> 7x7, 28x20 -> 7x5

@@ -1,7 +1,7 @@
 """Optimizers as pure functions of one run's flat parameter vector.
 
 A run's parameters live in one flat vector `flat [N]` (module.parameters() order, see `FlatLayout` in
-`bench.step`). An optimizer here is `init(flat) -> state` and `update(flat, grad, state, t, lr) -> (flat,
+`bench.training.step`). An optimizer here is `init(flat) -> state` and `update(flat, grad, state, t, lr) -> (flat,
 state)`, with `t` the 1-based step number and `lr` a 0-d tensor (the run's lr times `LrSchedule(t)`): no
 Python scalars that differ between runs and no in-place mutation, so the same function runs alone, under
 `torch.func.vmap` over a stack of runs (each with its own lr and moments), and inside one compiled graph

@@ -1,4 +1,4 @@
-"""A run's inference gaps and posterior diagnostics (`vae_core.gaps`) as the columns of its result row.
+"""A run's inference gaps and posterior diagnostics (`vae_core.inference_gaps`) as the columns of its result row.
 
 Computed from the run's checkpoint on a seeded random subset of its test images, with `[eval]` gap settings;
 the same function serves a grid's test (`eval.gaps = true`) and `vaebench gaps` for finished runs, so the
@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from bench.config import EvalConfig
+from bench.grid.config import EvalConfig
 from vae_core import VAE
-from vae_core.gaps import LocalFit, inference_gaps, posterior_diagnostics, summarize
+from vae_core.inference_gaps import LocalFit, inference_gaps, posterior_diagnostics, summarize
 
 GAP_COLUMNS = ("gap_iw_log_px", "gap_iw_log_px_encoder", "gap_elbo", "elbo_local_opt", "elbo_local_opt_ffg",
                "approximation_gap", "amortization_gap", "inference_gap", "gap_fit_steps", "gap_fit_capped",

@@ -1,17 +1,5 @@
-"""Invertible transforms with exact log-determinants.
-
-Direction convention, for every transform here: `forward` maps the base side to the sample side,
-y = f(x), and returns `(y, log_abs_det)` with log_abs_det = log|det df/dx| summed over the event dim,
-shape = batch shape. `inverse` (where it exists) returns `(x, log|det df^-1/dy|)`. So a density pushed
-forward is log p(y) = log p_base(x) - log_abs_det, and a density pulled back (a flow prior) is
-log p(y) = log p_base(f^-1(y)) + log|det df^-1/dy|.
-
-- `IAFStep` (Kingma et al. 2016, Eq. 14): parallel forward (sampling and scoring one's own samples),
-  used on the posterior side.
-- `MAFLayer`: the same MADE, affine, with a parallel inverse (density evaluation) and a sequential
-  forward (sampling), used for the flow prior.
-- `planar` (Rezende & Mohamed 2015): forward only (no closed-form inverse), so posterior side only.
-"""
+"""Affine autoregressive transforms on a MADE: `IAFStep` (parallel forward) and `MAFLayer` (parallel inverse),
+in the direction convention of `vae_core.flows`."""
 
 from __future__ import annotations
 
@@ -19,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vae_core.made import MADE
+from vae_core.nets.made import MADE
 
 GATE_BIAS_INIT = 2.0
 MAF_LOG_SCALE_BOUND = 3.0
@@ -65,23 +53,6 @@ class MAFLayer(nn.Module):
             z = u * torch.exp(s) + m
         return z, s.sum(-1)
 
-
-def planar_constrain(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """u_hat with w.u_hat >= -1, which makes the planar map invertible (Rezende & Mohamed 2015, App. A)."""
-    wu = (w * u).sum(-1, keepdim=True)
-    return u + (F.softplus(wu) - 1 - wu) * w / w.square().sum(-1, keepdim=True)
-
-
-def planar(z: torch.Tensor, u: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = z + u_hat tanh(w.z + b); log|det| = log|1 + tanh'(w.z + b) u_hat.w|.
-
-    z [..., D]; u, w [..., D] and b [...] broadcast against z.
-    """
-    u_hat = planar_constrain(u, w)
-    a = (w * z).sum(-1) + b  # [...]
-    t = torch.tanh(a)
-    y = z + u_hat * t.unsqueeze(-1)
-    return y, torch.log(torch.abs(1 + (1 - t.square()) * (w * u_hat).sum(-1)))
 
 
 def alternating_orders(dim: int, n: int) -> list[torch.Tensor]:

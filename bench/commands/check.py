@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TextIO
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.commands import user_errors
 from bench.errors import UserError
 from vae_core.contract import CHECKS, Check
 from vae_core.registry import resolve
@@ -39,3 +41,14 @@ def run_check(kind: str, name: str, compile: bool = False, out: TextIO | None = 
                   + (f" ({sum(c.passed is None for c in checks)} notes)" if any(c.passed is None for c in checks)
                      else ""))
     return 1 if failed else 0
+
+
+def command(
+    kind: str = typer.Argument(..., help="posterior | prior"),
+    name: str = typer.Argument(..., help="A built-in, an installed plugin's name, or 'module.path:ClassName'."),
+    compile: bool = typer.Option(False, "--compile", help="Also check compiled = eager (~10-30 s on a CPU)."),
+) -> None:
+    """Run the family contract on a posterior family or a prior: a table of checks; exit 1 if one fails."""
+    with user_errors():
+        code = run_check(kind, name, compile)
+    raise typer.Exit(code)

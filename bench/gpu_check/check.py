@@ -7,7 +7,7 @@ Phases, each a subprocess, timed (a crash in one is reported and the others stil
    grid file), end to end with `--device cuda --stack auto`, `train.cuda_graphs` false, then true.
 4. `alone-graphs-off`, `alone-graphs-on`: one run per variant of the shortened grid (the first seed and lr),
    `--stack 1`: the one-at-a-time figures the stacked ones are compared with.
-Then the same weights and noise on both devices (one tiny checkpoint), and `report.md` (`bench.gpu_report`).
+Then the same weights and noise on both devices (one tiny checkpoint), and `report.md` (`bench.gpu_check.report`).
 Without CUDA it prints one line and exits 2 (`--dry-run` prints the plan instead, on any machine).
 """
 
@@ -30,11 +30,11 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.config import defaults
-from bench.gpu_report import ALONE_PHASES, GRID_PHASES, GpuFacts, Phase, SuiteCounts, render_report
-from bench.gridfile import flatten
+from bench.gpu_check.report import ALONE_PHASES, GRID_PHASES, GpuFacts, Phase, SuiteCounts, render_report
+from bench.grid.config import defaults
+from bench.grid.files import flatten
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRID = REPO / "configs" / "grid.toml"
 TINY = REPO / "configs" / "tiny.toml"
 MARKER = ".gpu-check"  # marks an output folder as this check's, so a re-run may clear it
@@ -197,7 +197,7 @@ def same_noise_max_abs(tiny_cuda: Path, data_dir: str | None, images: int = 256,
     (drawn on the CPU): max |log w CUDA - log w CPU| over [k, B] log-weights, float32 (rounding only)."""
     import torch
 
-    from bench.gridfile import load_grid
+    from bench.grid.files import load_grid
     from vae_core import load_vae
     from vae_core.data import load_dataset
 

@@ -1,0 +1,28 @@
+"""`vaebench report`: tables and plots from a results folder (`bench.report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bench.commands import DataDir, Offline, user_errors
+
+
+def command(
+    results: Path = typer.Option(Path("results"), "--results", help="Results folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS/report)."),
+    data_dir: Optional[Path] = DataDir,
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Reference variant of the versus table "
+                                                                    "(default: mean-field if present, else the "
+                                                                    "first variant)."),
+    offline: bool = Offline,
+) -> None:
+    """Tables and plots from a results folder (report.md, PNG and PDF figures)."""
+    from bench.report import make_report
+    from vae_core.data import offline_from_env
+
+    with user_errors():
+        download = not (offline or offline_from_env())
+        make_report(results, out or results / "report", data_dir, baseline=baseline, download=download)

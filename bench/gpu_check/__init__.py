@@ -1,0 +1,1 @@
+"""`make gpu-check`: the phases run on a CUDA machine (`check`) and the report they make (`report`)."""
