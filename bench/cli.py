@@ -6,13 +6,15 @@ import sys
 
 import typer
 
-from bench.commands import bench, check, data, gaps, report, run
+from bench.commands import bench, check, data, export, gaps, report, run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark VAE posteriors and priors: train grids, record nats and speed, report.")
 for name, module in (("run", run), ("report", report), ("gaps", gaps), ("data", data), ("check", check),
                      ("bench", bench)):
     app.command(name)(module.command)
+for name, group in (("export", export.app),):  # commands with subcommands
+    app.add_typer(group, name=name)
 
 
 def main() -> None:  # pragma: no cover

@@ -24,11 +24,12 @@ DEVICES = [pytest.param("cpu"),
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test writes its data cache under a session temp folder, never ~/.cache, and no command downloads
-    on first use unless its test allows it (VAEBENCH_OFFLINE)."""
+    on first use unless its test allows it (VAEBENCH_OFFLINE); MLflow's telemetry is off."""
     patch = pytest.MonkeyPatch()
     cache = tmp_path_factory.mktemp("vaebench-cache")
     patch.setenv("VAEBENCH_CACHE", str(cache))
     patch.setenv("VAEBENCH_OFFLINE", "1")
+    patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # the tests' MLflow sends nothing anywhere
     yield cache
     patch.undo()
 

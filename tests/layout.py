@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (  # lowest first; a module ma
     ("executors", ("bench.executors",)),
     ("runner", ("bench.runner", "bench.finished_gaps")),
     ("report", ("bench.report",)),
+    ("tracking", ("bench.tracking",)),
     ("gpu check", ("bench.gpu_check",)),
     ("commands", ("bench.commands",)),
     ("cli", ("bench.cli",)),
