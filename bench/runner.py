@@ -14,6 +14,7 @@ import torch
 
 from bench.errors import UserError
 from bench.executors.local import LocalExecutor
+from bench.executors.slurm import SlurmOptions
 from bench.grid.config import RunConfig
 from bench.grid.files import load_grid
 from bench.grid.stacks import parse_stack, plan_stacks
@@ -26,19 +27,36 @@ from vae_core.data import DataError, MissingDataError, check_data_dir, load_data
 FINISHED = ("completed", "diverged")  # re-running skips these; "failed" runs are retried
 
 
+def finished_row(layout: ResultsLayout, run_id: str) -> dict | None:
+    """The run's row when it exists with a finished status, else None."""
+    path = layout.run(run_id)
+    if not path.exists():
+        return None
+    try:
+        row = pd.read_parquet(path).iloc[0].to_dict()
+    except Exception:
+        return None
+    return row if row.get("status") in FINISHED else None
+
+
 def pending_runs(runs: list[RunConfig], layout: ResultsLayout) -> tuple[list[RunConfig], list[RunConfig]]:
     """(to do, already finished): a run is finished when its row exists with a finished status."""
     todo, done = [], []
     for cfg in runs:
-        path = layout.run(cfg.run_id)
-        finished = False
-        if path.exists():
-            try:
-                finished = pd.read_parquet(path, columns=["status"])["status"].iloc[0] in FINISHED
-            except Exception:
-                finished = False
-        (done if finished else todo).append(cfg)
+        (todo if finished_row(layout, cfg.run_id) is None else done).append(cfg)
     return todo, done
+
+
+def lost_job_rows(layout: ResultsLayout, task: RunTask, err: BaseException) -> list[dict]:
+    """The rows of a Slurm job that returned none: the finished rows its runs wrote before it ended, and a
+    'failed' row, written here, for each other run."""
+    rows = []
+    for row in lost_task_rows(task, err):
+        written = finished_row(layout, row["run_id"])
+        if written is None:
+            write_row(row, layout)
+        rows.append(written or row)
+    return rows
 
 
 def ensure_datasets(names: set[str], data_dir: Path | None, offline: bool) -> None:
@@ -64,42 +82,56 @@ def data_problem(names: list[str], data_dir: str | None) -> str:
     return ""
 
 
+EXECUTORS = ("local", "ray", "slurm")
+
+
+def remote_device(executor: str, device: str, gpus: float, gpus_flag: str, example: str) -> str:
+    """The device of a Ray task or Slurm job with `gpus` GPUs: cuda with GPUs, else cpu."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
+    if device == "cuda" and not gpus:
+        raise UserError(f"--device cuda with --executor {executor} needs {gpus_flag} ({example})")
+    if device == "cpu" and gpus:
+        raise UserError(f"--device cpu and {gpus_flag} contradict each other")
+    return "cuda" if gpus else "cpu"
+
+
 def executor_device(executor: str, device: str, jobs: int, ray_address: str | None, cpus_per_run: float | None,
-                    gpus_per_run: float | None) -> str:
+                    gpus_per_run: float | None, slurm: SlurmOptions = SlurmOptions()) -> str:
     """Check the executor options together; returns the device the runs use."""
-    if executor not in ("local", "ray"):
-        raise UserError(f"--executor must be local or ray; got {executor!r}")
-    if executor == "local":
-        given = [n for n, v in (("--ray-address", ray_address), ("--cpus-per-run", cpus_per_run),
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor must be local, ray or slurm; got {executor!r}")
+    ray_given = [n for n, v in (("--ray-address", ray_address), ("--cpus-per-run", cpus_per_run),
                                 ("--gpus-per-run", gpus_per_run)) if v is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} only apply with --executor ray")
+    if executor != "ray" and ray_given:
+        raise UserError(f"{', '.join(ray_given)} only apply with --executor ray")
+    if executor != "slurm" and slurm.given():
+        raise UserError(f"{', '.join(slurm.given())} only apply with --executor slurm")
+    if executor == "local":
         return pick_device(device)
     if jobs != 1:
-        raise UserError("--jobs is for --executor local; with ray, --cpus-per-run and --gpus-per-run set how "
-                        "many tasks share a node")
+        raise UserError(f"--jobs is for --executor local; with {executor}, "
+                        + ("--cpus-per-run and --gpus-per-run set how many tasks share a node" if executor == "ray"
+                           else "each stack is one Slurm job and --slurm-cpus/--slurm-gpus size it"))
+    if executor == "slurm":
+        slurm.check()
+        return remote_device(executor, device, slurm.gpus or 0, "--slurm-gpus", "e.g. 1")
     cpus, gpus = 1.0 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0.0
     if not cpus > 0:
         raise UserError(f"--cpus-per-run must be > 0; got {cpus:g}")
     if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
         raise UserError(f"--gpus-per-run must be a fraction in [0, 1] or a whole number; got {gpus:g}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda; got {device!r}")
-    if device == "cuda" and not gpus:
-        raise UserError("--device cuda with --executor ray needs --gpus-per-run (e.g. 1, or 0.25 to share a GPU)")
-    if device == "cpu" and gpus:
-        raise UserError("--device cpu and --gpus-per-run contradict each other")
-    return "cuda" if gpus else "cpu"
+    return remote_device(executor, device, gpus, "--gpus-per-run", "e.g. 1, or 0.25 to share a GPU")
 
 
 def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: str, jobs: int,
                      dry_run: bool, stack: str = "auto", executor: str = "local", ray_address: str | None = None,
                      cpus_per_run: float | None = None, gpus_per_run: float | None = None,
-                     offline: bool = False) -> int:
+                     offline: bool = False, slurm: SlurmOptions = SlurmOptions()) -> int:
     """`vaebench run`: validate everything first (downloading missing data unless offline), then run what is not
     finished. Returns the exit code."""
     check_data_dir(data_dir)
-    dev = executor_device(executor, device, jobs, ray_address, cpus_per_run, gpus_per_run)
+    dev = executor_device(executor, device, jobs, ray_address, cpus_per_run, gpus_per_run, slurm)
     runs = load_grid(grid)
     stack_size = parse_stack(stack)
     layout = ResultsLayout(results)
@@ -115,16 +147,18 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
         raise UserError(f"results path {results} exists and is not a folder")
     if executor == "ray":
         threads = max(1, int(cpus_per_run or 1))
+    elif executor == "slurm":
+        threads = slurm.cpus or 1
     else:
         cores = os.cpu_count() or 1
         threads = max(1, cores // jobs) if dev == "cpu" else max(1, torch.get_num_threads())
     tasks = [RunTask(p.configs, str(results), str(data_dir) if data_dir else None, dev, threads, p.stack_id, executor)
              for p in plans]
-    remote = executor == "ray"  # the driver writes remote rows: a retried or cancelled task leaves none
+    driver_writes = executor == "ray"  # a retried or cancelled Ray task leaves no row; Slurm jobs write their own
     failed = 0
     try:
         with ExitStack() as resources:
-            if remote and tasks:
+            if executor == "ray" and tasks:
                 from bench.executors.ray import RayExecutor
 
                 pool = resources.enter_context(RayExecutor(
@@ -132,13 +166,19 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
                     on_lost=lost_task_rows))
                 pool.check_nodes(results, partial(data_problem, sorted(datasets), tasks[0].data_dir))
                 progress.say(pool.describe())
+            elif executor == "slurm" and tasks:
+                from bench.executors.slurm import SlurmExecutor
+
+                pool = SlurmExecutor(layout.root / "slurm", slurm, on_lost=partial(lost_job_rows, layout))
+                progress.say(pool.describe())
             else:
                 pool = LocalExecutor(jobs, on_progress=progress.run_callback)
             progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
-            results_stream = resources.enter_context(closing(pool.map(partial(execute_task, write=not remote), tasks)))
+            results_stream = resources.enter_context(closing(pool.map(partial(execute_task, write=not driver_writes),
+                                                                      tasks)))
             for rows in results_stream:
                 for row in rows:
-                    if remote:
+                    if driver_writes:
                         write_row(row, layout)
                     failed += row["status"] == "failed"
                     progress.finished(row)

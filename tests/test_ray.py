@@ -292,7 +292,7 @@ def test_importing_bench_does_not_import_ray():
 
 
 BAD_OPTIONS = {
-    "unknown_executor": (["--executor", "slurm"], "--executor must be local or ray; got 'slurm'"),
+    "unknown_executor": (["--executor", "dask"], "--executor must be local, ray or slurm; got 'dask'"),
     "jobs_with_ray": (["--executor", "ray", "--jobs", "2"], "--jobs is for --executor local"),
     "cpus_zero": (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be > 0"),
     "gpus_not_a_fraction": (["--executor", "ray", "--gpus-per-run", "1.5"], "--gpus-per-run must be a fraction"),
