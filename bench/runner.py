@@ -165,17 +165,17 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
                     ray_address or os.environ.get("RAY_ADDRESS") or None, cpus_per_run or 1.0, gpus_per_run or 0.0,
                     on_lost=lost_task_rows))
                 pool.check_nodes(results, partial(data_problem, sorted(datasets), tasks[0].data_dir))
-                progress.say(pool.describe())
             elif executor == "slurm" and tasks:
                 from bench.executors.slurm import SlurmExecutor
 
                 pool = SlurmExecutor(layout.root / "slurm", slurm, on_lost=partial(lost_job_rows, layout))
-                progress.say(pool.describe())
             else:
                 pool = LocalExecutor(jobs, on_progress=progress.run_callback)
-            progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
             results_stream = resources.enter_context(closing(pool.map(partial(execute_task, write=not driver_writes),
-                                                                      tasks)))
+                                                                      tasks)))  # Slurm: submitted here
+            if executor != "local" and tasks:
+                progress.say(pool.describe())
+            progress.start(total=len(runs), skipped=len(done), stacks=len(plans))
             for rows in results_stream:
                 for row in rows:
                     if driver_writes:

@@ -11,86 +11,22 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 import bench.executors.ray
-from bench.cli import app
 from bench.grid.files import load_grid
 from bench.progress import GridProgress
 from bench.runner import run_grid_command
 from bench.storage import ResultsLayout
-from bench.tasks import RunTask, execute_run
-from tests import ray_tasks
-
-SMALL = """
-name = "r"
-[model]
-hidden = [16]
-latent_dim = 4
-[train]
-batch_size = 32
-max_steps = {steps}
-eval_every = {every}
-check_every = 3
-compile = false
-[data]
-max_eval_images = 64
-[eval]
-iw_samples = 4
-valid_iw_samples = 2
-"""
-TWO_VARIANTS = '[[variant]]\nname = "mf"\n[[variant]]\nname = "iaf"\nmodel.posterior = "iaf"\n'
-FIGURES = ("status", "steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px",
-           "test_reconstruction", "test_kl")
-
-
-def grid_file(tmp_path: Path, steps: int = 12, every: int = 6, extra: str = TWO_VARIANTS, name: str = "g.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(SMALL.format(steps=steps, every=every) + extra)
-    return path
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, ["run", *args])
-
-
-def lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.strip()]
-
+from tests import executor_tasks
+from tests.executor_checks import FIGURES, grid_file, invoke, lines, our_processes, straight_run, wait_for
 
 def our_ray_workers(title: str = "ray::vaebench_task") -> list[int]:
     """Pids of Ray worker processes in this process's tree whose title starts with `title`."""
-    children: dict[int, list[int]] = {}
-    titles: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            titles[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, stack = [], [os.getpid()]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            stack.append(child)
-            if titles.get(child, "").startswith(title):
-                found.append(child)
-    return found
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+    return our_processes(lambda argv: argv[0].startswith(title))
 
 
 TEMP_DIRS: list[str] = []  # removed when the session's Ray is shut down
@@ -130,12 +66,6 @@ def no_ray_session(ray_module, monkeypatch):
     ray_module.shutdown()
     monkeypatch.setenv("RAY_TMPDIR", short_temp_dir())
     return ray_module
-
-
-def straight_run(grid: Path, results: Path, data_dir: Path, index: int = 0) -> dict:
-    """The run as the local executor does it in this process, one torch thread (as a 1-CPU Ray task)."""
-    cfg = load_grid(grid)[index]
-    return execute_run(RunTask((cfg,), str(results), str(data_dir), "cpu", 1, cfg.run_id))
 
 
 # -- the same rows as local; a re-run runs nothing --------------------------------------------------------
@@ -245,7 +175,7 @@ def test_executor_retries_dead_workers_not_exceptions_and_passes_results_through
         return ["lost", task[0]]
 
     with bench.executors.ray.RayExecutor(None, cpus=1, max_retries=1, on_lost=on_lost) as executor:
-        results = list(executor.map(ray_tasks.counted, tasks))
+        results = list(executor.map(executor_tasks.counted, tasks))
     assert sorted(results) == [["lost", "die"], ["lost", "raise"], ["ok", "ok"]]
     assert type(lost["die"]).__name__ == "WorkerCrashedError"
     assert "raised on purpose" in str(lost["raise"])
@@ -318,7 +248,7 @@ def test_more_cpus_per_run_than_any_node_has_is_exit_2(ray_local, shared_data_di
 
 
 def test_results_folder_the_workers_cannot_see_is_exit_2(ray_local, shared_data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.executors.ray, "probe_node", ray_tasks.unmounted_probe)
+    monkeypatch.setattr(bench.executors.ray, "probe_node", executor_tasks.unmounted_probe)
     results = tmp_path / "new" / "results"
     res = invoke("--grid", str(grid_file(tmp_path)), "--results", str(results), "--data-dir",
                  str(shared_data_dir), "--executor", "ray")

@@ -11,6 +11,8 @@ here, and only when a `SlurmExecutor` is made.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import time
 from dataclasses import dataclass
@@ -92,6 +94,7 @@ class SlurmExecutor:
         self.cluster = cluster or CLUSTER
         self.max_requeues, self.on_lost = max_requeues, on_lost
         self.submitit = import_submitit()
+        self.job_ids: list[str] = []
         if self.cluster == "slurm" and shutil.which("sbatch") is None:
             raise UserError("--executor slurm needs Slurm's sbatch on this machine's PATH (run on a login node of "
                             "the cluster)")
@@ -100,8 +103,9 @@ class SlurmExecutor:
         o = self.options
         where = f"partition {o.partition}" if o.partition else "the default partition"
         gpus = f" + {o.gpus} GPU(s)" if o.gpus else ""
-        return (f"slurm ({self.cluster}): {where}, {o.cpus or 1} CPU(s){gpus} and {o.time_min or DEFAULT_TIME_MIN} "
-                f"min per job; job logs in {self.folder}")
+        ids = ", ".join(self.job_ids[:3]) + (", ..." if len(self.job_ids) > 3 else "")
+        return (f"slurm ({self.cluster}): {len(self.job_ids)} job(s) submitted ({ids}); {where}, {o.cpus or 1} "
+                f"CPU(s){gpus} and {o.time_min or DEFAULT_TIME_MIN} min per job; job logs in {self.folder}")
 
     def _executor(self):
         o = self.options
@@ -129,18 +133,23 @@ class SlurmExecutor:
                              f"log: {job.paths.stderr}")
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
-        """Submit every task as one job array, then yield each result as its job completes; closing the iterator
-        (or Ctrl-C) cancels the jobs still pending or running."""
+        """Submit every task as one job array now (a refused submission is a UserError), and return an iterator
+        of the results in completion order; closing it (or Ctrl-C) cancels the jobs still pending or running."""
         if not tasks:
-            return
+            return self._results({})
         executor = self._executor()
         call = ResumableCall(fn)
+        refusal = io.StringIO()  # submitit prints sbatch's complaint on stderr, and raises it too
         try:
-            with executor.batch():
+            with contextlib.redirect_stderr(refusal), executor.batch():
                 jobs = [executor.submit(call, task) for task in tasks]
         except (OSError, self.submitit.core.utils.FailedJobError) as err:  # sbatch missing, or it refused
-            raise UserError(f"cannot submit the jobs to Slurm: {last_line(str(err)) or type(err).__name__}") from None
-        pending = dict(enumerate(zip(jobs, tasks)))
+            said = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise UserError(f"cannot submit the jobs to Slurm: {said or type(err).__name__}") from None
+        self.job_ids = [str(job.job_id) for job in jobs]
+        return self._results(dict(enumerate(zip(jobs, tasks))))
+
+    def _results(self, pending: dict[int, tuple[Any, Any]]) -> Iterator[Any]:
         try:
             while pending:
                 finished = [i for i, (job, _) in pending.items() if job.done()]
@@ -158,6 +167,6 @@ class SlurmExecutor:
         finally:
             for job, _ in pending.values():
                 job.cancel(check=False)
-            unformatted = self.folder / "%j"  # left empty by submitit's local executor
+            unformatted = self.folder / "%j"  # made, and left empty, by submitit's local executor
             if unformatted.is_dir() and not any(unformatted.iterdir()):
                 unformatted.rmdir()

@@ -1,4 +1,4 @@
-"""Task functions the Ray tests send to workers (a light module: workers import it by name)."""
+"""Task functions the Ray and Slurm tests send to workers and jobs (a light module: they import it by name)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from bench.executors.ray import probe_node
 
 
 def counted(task: tuple[str, str]) -> list[str]:
-    """Appends a line to the task's count file, then: 'ok' returns two results, 'die' kills its worker, 'raise'
-    raises."""
+    """Appends a line to the task's count file, then: 'ok' returns two results, 'die' ends its worker or job
+    process at once (as an out-of-memory kill would), 'raise' raises."""
     kind, count_file = task
     with open(count_file, "a") as fh:
         fh.write("x\n")
