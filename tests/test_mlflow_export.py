@@ -21,6 +21,7 @@ from bench.storage import ResultsLayout, write_parquet
 from bench.tracking.records import DIGEST_TAG, KEY_TAG, config_sections, native_row, run_metrics, run_params
 
 mlflow = pytest.importorskip("mlflow")
+from mlflow.entities import ViewType  # noqa: E402 (after the skip: MLflow is an optional extra)
 
 GRID = """
 name = "ml"
@@ -207,14 +208,24 @@ def test_without_mlflow_the_command_is_exit_2_naming_the_extra(results, store, m
     assert "pip install 'vaebench[mlflow]'" in res.output and not Path(store[0][len("sqlite:///"):]).exists()
 
 
-@pytest.mark.parametrize("case", ["no_runs", "report_missing"])
+@pytest.mark.parametrize("case", ["no_runs", "report_missing", "unknown_scheme", "deleted_experiment"])
 def test_bad_input_is_one_line_and_exit_2(results, store, tmp_path, case):
     if case == "no_runs":
         res, expected = export(tmp_path / "empty", store), "has no runs"
-    else:
+    elif case == "report_missing":
         res, expected = export(results, store, "--report"), "render it first: vaebench report"
+    elif case == "unknown_scheme":
+        res, expected = export(results, ("nosuch://x", store[1])), "MLflow at nosuch://x: "
+    else:
+        client = mlflow.MlflowClient(store[0])
+        deleted = client.create_experiment("bench")
+        client.delete_experiment(deleted)
+        res, expected = export(results, store), "MLflow experiment 'bench' is deleted: restore it"
     assert res.exit_code == 2 and len(lines(res.output)) == 1 and expected in " ".join(res.output.split())
-    assert not Path(store[0][len("sqlite:///"):]).exists()
+    if case != "deleted_experiment":
+        assert not Path(store[0][len("sqlite:///"):]).exists()
+    else:
+        assert mlflow.MlflowClient(store[0]).search_runs([deleted], run_view_type=ViewType.ALL) == []
 
 
 def test_records_leave_out_absent_and_non_finite_values():
@@ -230,6 +241,7 @@ def test_records_leave_out_absent_and_non_finite_values():
 
 
 def test_importing_the_cli_imports_neither_mlflow_nor_submitit():
-    code = ("import sys, bench.cli, bench.commands.export, bench.tracking.mlflow_export; "
+    code = ("import sys, bench.cli, bench.commands.export, bench.tracking.mlflow_export, bench.runner, "
+            "bench.executors.slurm; "
             "sys.exit(bool({'mlflow', 'submitit'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -19,6 +19,7 @@ import pytest
 import bench.executors.slurm
 from bench.executors.slurm import SlurmExecutor, SlurmJobError
 from bench.grid.files import load_grid
+from bench.progress import GridProgress
 from bench.runner import lost_job_rows, run_grid_command
 from bench.rows import write_row
 from bench.storage import ResultsLayout
@@ -146,6 +147,28 @@ def test_a_killed_job_is_a_failed_row_naming_its_log_and_a_rerun_resumes(local_c
                  "--executor", "slurm")
     assert res.exit_code == 0, res.output
     assert_resumed_to_the_straight_figures(grid, results, tmp_path, shared_data_dir)
+
+
+def test_interrupt_cancels_the_jobs_still_running_and_keeps_finished_rows(local_cluster, shared_data_dir, tmp_path,
+                                                                          monkeypatch):
+    grid = grid_file(tmp_path, steps=3000, every=3000,
+                     extra='[[variant]]\nname = "short"\ntrain.max_steps = 12\ntrain.eval_every = 6\n'
+                           '[[variant]]\nname = "long"\n')
+    short_id, long_id = (c.run_id for c in load_grid(grid))
+    real_finished = GridProgress.finished
+
+    def finished_then_ctrl_c(self, row):
+        real_finished(self, row)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GridProgress, "finished", finished_then_ctrl_c)
+    results = tmp_path / "slurm"
+    res = invoke("--grid", str(grid), "--results", str(results), "--data-dir", str(shared_data_dir),
+                 "--executor", "slurm")
+    assert res.exit_code == 130 and "interrupted: completed runs are kept" in res.output, res.output
+    assert ResultsLayout(results).run(short_id).exists() and not ResultsLayout(results).run(long_id).exists()
+    wait_for(lambda: not our_processes(is_job), 30, "the long run's job to be cancelled")
+    assert not ResultsLayout(results).run(long_id).exists()
 
 
 def test_executor_passes_results_through_and_hands_jobs_without_one_to_on_lost(tmp_path):

@@ -23,6 +23,7 @@ DEFAULT_EXPERIMENT = "vaebench"
 GRID_RUN_TAG = "vaebench.grid_run"  # the parent run of a grid
 REPORT_TAG = "vaebench.report_digest"
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the UI opens a model-training experiment on its runs table
 PARAMS_TAGS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's limits for one log_batch call
 PAGE = 1000
 
@@ -75,10 +76,12 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def experiment_id(client, name: str, artifacts: Path | None) -> str:
-    """The experiment's id, created (with `artifacts` as its artifact location, if given) when missing."""
+    """The experiment's id, created when missing (a model-training experiment, `artifacts` its artifact
+    location if given)."""
     found = client.get_experiment_by_name(name)
     if found is None:
-        return client.create_experiment(name, artifact_location=artifacts.resolve().as_uri() if artifacts else None)
+        return client.create_experiment(name, artifact_location=artifacts.resolve().as_uri() if artifacts else None,
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     if found.lifecycle_stage == "deleted":
         raise UserError(f"MLflow experiment {name!r} is deleted: restore it (mlflow experiments restore "
                         f"--experiment-id {found.experiment_id}) or export with another --experiment")
