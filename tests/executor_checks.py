@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.grid.files import load_grid
+from bench.progress import GridProgress
+from bench.storage import ResultsLayout
 from bench.tasks import RunTask, execute_run
 
 SMALL = """
@@ -84,3 +86,33 @@ def straight_run(grid: Path, results: Path, data_dir: Path, index: int = 0) -> d
     """The run as the local executor does it in this process, one torch thread (as a 1-CPU task or job)."""
     cfg = load_grid(grid)[index]
     return execute_run(RunTask((cfg,), str(results), str(data_dir), "cpu", 1, cfg.run_id))
+
+
+def interrupted_after_the_first_row(executor: str, tmp_path: Path, data_dir: Path, monkeypatch) -> Path:
+    """`vaebench run --executor EXECUTOR` of a short and a long run, Ctrl-C as soon as the short run's row is
+    printed: checks exit 130, the short run's row kept and none for the long one; returns the results folder."""
+    grid = grid_file(tmp_path, steps=3000, every=3000,
+                     extra='[[variant]]\nname = "short"\ntrain.max_steps = 12\ntrain.eval_every = 6\n'
+                           '[[variant]]\nname = "long"\n')
+    short_id, long_id = (c.run_id for c in load_grid(grid))
+    real_finished = GridProgress.finished
+
+    def finished_then_ctrl_c(self, row):
+        real_finished(self, row)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GridProgress, "finished", finished_then_ctrl_c)
+    results = tmp_path / executor
+    res = invoke("--grid", str(grid), "--results", str(results), "--data-dir", str(data_dir), "--executor", executor)
+    assert res.exit_code == 130 and "interrupted: completed runs are kept" in res.output, res.output
+    assert ResultsLayout(results).run(short_id).exists() and not ResultsLayout(results).run(long_id).exists()
+    return results
+
+
+def assert_bad_options_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    """`vaebench run` with executor options `args` that do not fit: exit 2, one line saying `expected`, nothing
+    written."""
+    res = invoke("--grid", str(grid_file(tmp_path)), "--results", str(tmp_path / "r"), *args)
+    assert res.exit_code == 2, res.output
+    assert len(lines(res.output)) == 1 and expected in " ".join(res.output.split())
+    assert not (tmp_path / "r").exists()

@@ -19,33 +19,10 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.storage import ResultsLayout, write_parquet
 from bench.tracking.records import DIGEST_TAG, KEY_TAG, config_sections, native_row, run_metrics, run_params
+from tests.executor_checks import grid_file, lines
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import ViewType  # noqa: E402 (after the skip: MLflow is an optional extra)
-
-GRID = """
-name = "ml"
-[model]
-hidden = [16]
-latent_dim = 4
-[train]
-batch_size = 32
-max_steps = 12
-eval_every = 6
-check_every = 3
-compile = false
-[data]
-max_eval_images = 64
-[eval]
-iw_samples = 4
-valid_iw_samples = 2
-[[variant]]
-name = "mean-field"
-[[variant]]
-name = "iaf"
-model.posterior = "iaf"
-"""
-
 
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
@@ -53,10 +30,9 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def finished_grid(tmp_path_factory, shared_data_dir) -> Path:
-    """A results folder with two finished runs (trained once for the module)."""
+    """A results folder with two finished runs, mean-field and IAF (trained once for the module)."""
     root = tmp_path_factory.mktemp("mlflow-grid")
-    (root / "g.toml").write_text(GRID)
-    res = invoke("run", "--grid", str(root / "g.toml"), "--results", str(root / "results"), "--data-dir",
+    res = invoke("run", "--grid", str(grid_file(root)), "--results", str(root / "results"), "--data-dir",
                  str(shared_data_dir), "--jobs", "2")
     assert res.exit_code == 0, res.output
     return root / "results"
@@ -107,8 +83,8 @@ def test_export_gives_one_run_per_row_with_the_rows_values(results, store):
     assert "2 run(s) added, 0 replaced (their rows changed), 0 unchanged" in res.output
     table = rows(results)
     runs = tracked(store[0])
-    assert sorted(runs) == sorted([*table, "grid ml"])  # one per row, and the grid's parent run
-    parent = runs["grid ml"]
+    assert sorted(runs) == sorted([*table, "grid r"])  # one per row, and the grid's parent run
+    parent = runs["grid r"]
     client = mlflow.MlflowClient(store[0])
     for run_id, row in table.items():
         run = runs[run_id]
@@ -160,7 +136,7 @@ def test_an_export_after_more_runs_finished_adds_only_those(results, store, tmp_
     res = export(results, store)
     assert res.exit_code == 0 and "1 run(s) added, 0 replaced (their rows changed), 1 unchanged" in res.output
     after = snapshot(store[0])
-    assert sorted(after) == sorted([*table, "grid ml"]) and after[table[0]] == first
+    assert sorted(after) == sorted([*table, "grid r"]) and after[table[0]] == first
 
 
 def test_a_changed_row_replaces_its_run_and_a_half_written_run_is_redone(results, store):
@@ -177,7 +153,7 @@ def test_a_changed_row_replaces_its_run_and_a_half_written_run_is_redone(results
     assert res.exit_code == 0 and "0 run(s) added, 2 replaced (their rows changed), 0 unchanged" in res.output
     runs = tracked(store[0])
     assert len(runs) == 3 and runs[changed].data.metrics["approximation_gap"] == 0.25
-    assert runs[changed].info.run_id != old[changed] and runs["grid ml"].info.run_id == old["grid ml"]
+    assert runs[changed].info.run_id != old[changed] and runs["grid r"].info.run_id == old["grid r"]
     assert client.get_run(old[changed]).info.lifecycle_stage == "deleted"
 
 
@@ -189,16 +165,12 @@ def test_report_files_go_on_the_grids_parent_run_once(results, store):
     res = export(results, store, "--report")
     assert res.exit_code == 0 and "report files logged" in res.output, res.output
     client = mlflow.MlflowClient(store[0])
-    parent = tracked(store[0])["grid ml"]
+    parent = tracked(store[0])["grid r"]
     assert sorted(f.path for f in client.list_artifacts(parent.info.run_id, "report")) == [
         "report/report.md", "report/versus.png"]
     before = snapshot(store[0])
     res = export(results, store, "--report")
     assert res.exit_code == 0 and "report unchanged" in res.output and snapshot(store[0]) == before
-
-
-def lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.strip()]
 
 
 def test_without_mlflow_the_command_is_exit_2_naming_the_extra(results, store, monkeypatch):
@@ -232,8 +204,9 @@ def test_records_leave_out_absent_and_non_finite_values():
     row = {"run_id": "r", "grid": "g", "data.dataset": "d", "status": "diverged", "val_elbo": -math.inf,
            "test_elbo": math.nan, "steps_done": 7, "compiled": True, "error": "", "lr": 0.1, "train.lr": 0.1,
            "torch_threads": 2}
-    from bench.tracking.records import run_tags
+    from bench.tracking.records import TAG_CHARS, run_tags
 
+    assert len(run_tags({**row, "compile_error": "x" * 9000})["compile_error"]) == TAG_CHARS
     assert run_metrics(row) == {"steps_done": 7.0}
     assert run_params(row) == {"train.lr": "0.1", "data.dataset": "d"}
     assert run_tags(row) == {"run_id": "r", "grid": "g", "status": "diverged", "compiled": "true",

@@ -18,11 +18,11 @@ import pytest
 
 import bench.executors.ray
 from bench.grid.files import load_grid
-from bench.progress import GridProgress
 from bench.runner import run_grid_command
 from bench.storage import ResultsLayout
 from tests import executor_tasks
-from tests.executor_checks import FIGURES, grid_file, invoke, lines, our_processes, straight_run, wait_for
+from tests.executor_checks import (FIGURES, assert_bad_options_are_one_line, grid_file, interrupted_after_the_first_row,
+                                   invoke, lines, our_processes, straight_run, wait_for)
 
 def our_ray_workers(title: str = "ray::vaebench_task") -> list[int]:
     """Pids of Ray worker processes in this process's tree whose title starts with `title`."""
@@ -186,23 +186,7 @@ def test_executor_retries_dead_workers_not_exceptions_and_passes_results_through
 
 # -- Ctrl-C: in-flight tasks are cancelled, completed rows kept, exit 130 ---------------------------------------
 def test_interrupt_cancels_in_flight_runs_and_keeps_completed_ones(ray_local, shared_data_dir, tmp_path, monkeypatch):
-    grid = grid_file(tmp_path, steps=3000, every=3000,
-                     extra='[[variant]]\nname = "short"\ntrain.max_steps = 12\ntrain.eval_every = 6\n'
-                           '[[variant]]\nname = "long"\n')
-    short_id, long_id = (c.run_id for c in load_grid(grid))
-    real_finished = GridProgress.finished
-
-    def finished_then_ctrl_c(self, row):
-        real_finished(self, row)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(GridProgress, "finished", finished_then_ctrl_c)
-    results = tmp_path / "ray"
-    res = invoke("--grid", str(grid), "--results", str(results), "--data-dir", str(shared_data_dir),
-                 "--executor", "ray")
-    assert res.exit_code == 130, res.output
-    assert "interrupted: completed runs are kept" in res.output
-    assert ResultsLayout(results).run(short_id).exists() and not ResultsLayout(results).run(long_id).exists()
+    interrupted_after_the_first_row("ray", tmp_path, shared_data_dir, monkeypatch)
     wait_for(lambda: not our_ray_workers(), 10, "the in-flight run's worker to be cancelled")
 
 
@@ -233,11 +217,7 @@ BAD_OPTIONS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
 def test_bad_executor_options_are_exit_2(tmp_path, case):
-    args, expected = BAD_OPTIONS[case]
-    res = invoke("--grid", str(grid_file(tmp_path)), "--results", str(tmp_path / "r"), *args)
-    assert res.exit_code == 2, res.output
-    assert len(lines(res.output)) == 1 and expected in " ".join(res.output.split())
-    assert not (tmp_path / "r").exists()
+    assert_bad_options_are_one_line(tmp_path, *BAD_OPTIONS[case])
 
 
 def test_more_cpus_per_run_than_any_node_has_is_exit_2(ray_local, shared_data_dir, tmp_path):

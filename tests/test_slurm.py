@@ -19,13 +19,13 @@ import pytest
 import bench.executors.slurm
 from bench.executors.slurm import SlurmExecutor, SlurmJobError
 from bench.grid.files import load_grid
-from bench.progress import GridProgress
 from bench.runner import lost_job_rows, run_grid_command
 from bench.rows import write_row
 from bench.storage import ResultsLayout
 from bench.tasks import RunTask
 from tests import executor_tasks
-from tests.executor_checks import FIGURES, grid_file, invoke, lines, our_processes, straight_run, wait_for
+from tests.executor_checks import (FIGURES, assert_bad_options_are_one_line, grid_file, interrupted_after_the_first_row,
+                                   invoke, lines, our_processes, straight_run, wait_for)
 
 pytest.importorskip("submitit")
 
@@ -151,24 +151,9 @@ def test_a_killed_job_is_a_failed_row_naming_its_log_and_a_rerun_resumes(local_c
 
 def test_interrupt_cancels_the_jobs_still_running_and_keeps_finished_rows(local_cluster, shared_data_dir, tmp_path,
                                                                           monkeypatch):
-    grid = grid_file(tmp_path, steps=3000, every=3000,
-                     extra='[[variant]]\nname = "short"\ntrain.max_steps = 12\ntrain.eval_every = 6\n'
-                           '[[variant]]\nname = "long"\n')
-    short_id, long_id = (c.run_id for c in load_grid(grid))
-    real_finished = GridProgress.finished
-
-    def finished_then_ctrl_c(self, row):
-        real_finished(self, row)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(GridProgress, "finished", finished_then_ctrl_c)
-    results = tmp_path / "slurm"
-    res = invoke("--grid", str(grid), "--results", str(results), "--data-dir", str(shared_data_dir),
-                 "--executor", "slurm")
-    assert res.exit_code == 130 and "interrupted: completed runs are kept" in res.output, res.output
-    assert ResultsLayout(results).run(short_id).exists() and not ResultsLayout(results).run(long_id).exists()
+    results = interrupted_after_the_first_row("slurm", tmp_path, shared_data_dir, monkeypatch)
     wait_for(lambda: not our_processes(is_job), 30, "the long run's job to be cancelled")
-    assert not ResultsLayout(results).run(long_id).exists()
+    assert len(list((results / "runs").glob("*.parquet"))) == 1
 
 
 def test_executor_passes_results_through_and_hands_jobs_without_one_to_on_lost(tmp_path):
@@ -217,11 +202,7 @@ BAD_OPTIONS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
 def test_bad_slurm_options_are_exit_2(tmp_path, case):
-    args, expected = BAD_OPTIONS[case]
-    res = invoke("--grid", str(grid_file(tmp_path)), "--results", str(tmp_path / "r"), *args)
-    assert res.exit_code == 2, res.output
-    assert len(lines(res.output)) == 1 and expected in " ".join(res.output.split())
-    assert not (tmp_path / "r").exists()
+    assert_bad_options_are_one_line(tmp_path, *BAD_OPTIONS[case])
 
 
 def test_no_sbatch_on_path_is_exit_2(shared_data_dir, tmp_path, monkeypatch):
@@ -265,9 +246,15 @@ class QueueWatch:
         self.thread.join()
 
 
+@pytest.fixture
+def real_slurm() -> None:
+    """A Slurm that answers on this machine (asked only when a test needs it), else the test is skipped."""
+    if not slurm_answers():
+        pytest.skip("no Slurm answers here (sbatch, sinfo): scripts/local_slurm.sh start")
+
+
 @pytest.mark.slurm
-@pytest.mark.skipif(not slurm_answers(), reason="no Slurm answers here (sbatch, sinfo): scripts/local_slurm.sh")
-def test_real_slurm_gives_the_local_rows(shared_data_dir, tmp_path, capsys):
+def test_real_slurm_gives_the_local_rows(real_slurm, shared_data_dir, tmp_path, capsys):
     grid = grid_file(tmp_path)
     with QueueWatch() as queue:
         _, b, output = run_like_local_then_slurm(grid, tmp_path, str(shared_data_dir), "--slurm-time", "10")

@@ -25,6 +25,7 @@ PROVENANCE_NUMBERS = ("torch_threads", "stack_size")  # how a run ran, not what 
 TIMES = ("started_at", "finished_at")  # the tracker run's start and end times
 ARTIFACT_COLUMNS = ("traceback",)  # long text: a file of the run, not a tag
 CURVE_AXES = ("run_id", "step", "epoch", "split")
+TAG_CHARS = 5000  # below MLflow's tag limit (8000); a longer value (a compile error's text) is cut, the row keeps it
 
 
 def is_config_key(column: str) -> bool:
@@ -62,7 +63,7 @@ def run_tags(row: dict) -> dict[str, str]:
     """Every text or flag column that is not config (variant, families' origins, git commit, device, status,
     ...), the provenance numbers, `dataset`, the key tag, and MLflow's own commit tag."""
     skip = set(TIMES) | set(ARTIFACT_COLUMNS)
-    tags = {k: as_text(v) for k, v in row.items()
+    tags = {k: as_text(v)[:TAG_CHARS] for k, v in row.items()
             if not is_config_key(k) and k not in skip and present(v)
             and (not is_number(v) or k in PROVENANCE_NUMBERS) and not isinstance(v, datetime)}
     tags.update({"dataset": as_text(row["data.dataset"]), KEY_TAG: row["run_id"], GRID_TAG: as_text(row["grid"])})
