@@ -218,7 +218,7 @@ def slurm_answers() -> bool:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return False
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=5)  # ms when up
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and "up" in out.stdout
