@@ -42,9 +42,7 @@ FAMILIES = {
 ZUKO_FAMILIES = {  # zuko's flows through the adapter (vae_core/posteriors/zuko.py), 2 transforms, hidden 2 x 256
     "nsf": {"posterior": "nsf"},
     "naf": {"posterior": "naf"},
-    "unaf": {"posterior": "unaf"},
     "bpf": {"posterior": "bpf"},
-    "sospf": {"posterior": "sospf"},
     "zuko-maf": {"posterior": "zuko-maf"},
     "nsf-prior": {"prior": "nsf"},
 }
