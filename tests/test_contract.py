@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tests.conftest import DEVICES
-from vae_core import POSTERIORS, PRIORS, CheckpointError, build_vae, contract, load_vae, registry
+from tests.families import PAIRS
+from vae_core import CheckpointError, build_vae, contract, load_vae, registry
 from vae_core.posteriors import PlanarPosterior
 from vae_core.priors import StandardNormalPrior
 
@@ -32,7 +33,7 @@ def case(posterior, prior, latent_dim, architecture="mlp", data_dim=4, kl="mc"):
     return pytest.param(posterior, prior, latent_dim, architecture, data_dim, kl, id=name)
 
 
-CASES = [case(post, pri, d) for post in POSTERIORS for pri in PRIORS for d in (1, 3)]
+CASES = [case(post, pri, d) for post, pri in PAIRS for d in (1, 3)]
 CASES += [
     case("iaf", "vamp", 3, architecture="conv", data_dim=784),
     case("planar", "flow", 2, architecture="conv", data_dim=784),
@@ -226,7 +227,7 @@ def test_contract(posterior, prior, latent_dim, architecture, data_dim, kl, tmp_
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("posterior, prior", [(q, p) for q in POSTERIORS for p in PRIORS])
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 def test_contract_on_device(posterior, prior, device):
     """Every family on the device: its deterministic parts give the CPU's numbers, the estimators are finite
     with generators on that device, and every parameter gets a gradient."""
