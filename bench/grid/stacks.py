@@ -79,6 +79,11 @@ def auto_size(cfg: RunConfig, n_params: int, device: str) -> tuple[int, str]:
     return 1, f"auto: CPU, {n_params:,} parameters per run: stacking measured not to pay"
 
 
+def clip(text: str, n: int) -> str:
+    """`text` cut to about n characters at a word boundary, marked with '...' where cut."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
+
+
 def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[StackPlan]:
     """Group stackable runs (grid order kept) and cut each group into near-equal stacks of <= size runs
     (size None: `auto_size` per group)."""
@@ -89,7 +94,7 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
     for members in groups.values():
         problem = stack_problem(members[0])
         if problem and (size is None or size > 1):
-            limit, reason = 1, f"alone: the family does not run under torch.func ({problem[:80]})"
+            limit, reason = 1, f"alone: the family does not run under torch.func ({clip(problem, 90)})"
         elif size is None:
             limit, reason = auto_size(members[0], parameter_count(members[0]), device)
         else:

@@ -68,9 +68,14 @@ def perturbed_model(posterior: str = "mean-field", prior: str = "standard", late
         g = gen(seed + 1)
         with torch.no_grad():
             for p in model.parameters():
-                scale = std * max(p.square().mean().sqrt().item(), 0.05) if id(p) in relative else std
+                scale = relative_std(p, std) if id(p) in relative else std
                 p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+def relative_std(p: torch.Tensor, std: float) -> float:
+    """The noise scale for a parameter of a family with `contract_relative_perturbation`: std x max(rms, 0.05)."""
+    return std * max(p.square().mean().sqrt().item(), 0.05)
 
 
 def inputs(seed: int = 0, n: int = B, dtype: torch.dtype = torch.float64) -> torch.Tensor:

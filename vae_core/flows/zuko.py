@@ -7,9 +7,9 @@ returns `(T(x), log|det dT/dx|)`, the `(y, log_abs_det)` convention of `vae_core
 
 The options a grid file sets (`model.zuko_bins`, `zuko_signal`, `zuko_degree`, `zuko_polynomials`; 0 = zuko's
 default for the flow) go to the flow's constructor where it declares them; set for a flow that does not take
-them, they are a ConfigError naming the key. Steps (`transforms`) and hidden widths (two layers of
-`flow_hidden`, 0 = 2 * latent_dim, for the hyper network and for NAF's and UNAF's univariate network) are the
-keys every flow family shares.
+them, they are a ConfigError naming the key. Steps (`transforms`) and the hyper network's hidden widths (two
+layers of `flow_hidden`, 0 = 2 * latent_dim) are the keys every flow family shares; NAF's and UNAF's univariate monotonic network keeps zuko's default (two layers of 64:
+it runs once per latent dimension, so widths that grow with latent_dim would make it quadratic in it).
 """
 
 from __future__ import annotations
@@ -73,8 +73,6 @@ def build(flow_class: type[zuko.flows.Flow], cfg: ModelConfig, context: int, ste
     if "transforms" in accepted:
         kwargs["transforms"] = steps
     kwargs["hidden_features"] = (cfg.made_hidden, cfg.made_hidden)
-    if "network" in accepted:  # NAF's and UNAF's univariate monotonic network: the same two widths
-        kwargs["network"] = {"hidden_features": (cfg.made_hidden, cfg.made_hidden)}
     for arg, key in OPTIONS.items():
         value = getattr(cfg, key)
         if not value:
