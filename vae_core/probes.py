@@ -15,6 +15,11 @@ _CHECKED: set[tuple] = set()
 _FUNCTORCH: dict[tuple, str] = {}
 
 
+def clip(text: str, n: int) -> str:
+    """`text` cut to at most about n characters at a word boundary, marked with '...' where cut."""
+    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
+
+
 def _key(cfg: ModelConfig) -> tuple:
     return cfg, resolve("posterior", cfg.posterior).obj, resolve("prior", cfg.prior).obj
 
@@ -50,5 +55,5 @@ def functorch_problem(cfg: ModelConfig) -> str:
                 _FUNCTORCH[key] = ""
             except Exception as err:  # whatever the family raises under torch.func, in one line
                 text = (str(err).strip().splitlines() or [""])[0]
-                _FUNCTORCH[key] = f"{type(err).__name__}: {text}"[:200]
+                _FUNCTORCH[key] = clip(f"{type(err).__name__}: {text}", 200)
     return _FUNCTORCH[key]

@@ -19,6 +19,7 @@ import torch
 
 from bench.errors import UserError
 from bench.grid.config import RunConfig
+from vae_core.probes import clip, functorch_problem
 
 PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience",
                 "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys
@@ -79,11 +80,6 @@ def auto_size(cfg: RunConfig, n_params: int, device: str) -> tuple[int, str]:
     return 1, f"auto: CPU, {n_params:,} parameters per run: stacking measured not to pay"
 
 
-def clip(text: str, n: int) -> str:
-    """`text` cut to about n characters at a word boundary, marked with '...' where cut."""
-    return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " ..."
-
-
 def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[StackPlan]:
     """Group stackable runs (grid order kept) and cut each group into near-equal stacks of <= size runs
     (size None: `auto_size` per group)."""
@@ -111,7 +107,6 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
 
 def stack_problem(cfg: RunConfig) -> str:
     """'' if runs of this model can share a stack, else why not (`vae_core.probes.functorch_problem`)."""
-    from vae_core.probes import functorch_problem
 
     return functorch_problem(cfg.model)
 

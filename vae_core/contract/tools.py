@@ -12,7 +12,7 @@ import torch
 from torch.autograd.functional import jacobian
 
 from vae_core.distributions import std_normal_log_prob
-from vae_core.probes import functorch_problem
+from vae_core.probes import clip, functorch_problem
 from vae_core.vae import VAE, build_vae
 
 LOGDET_TOL = 1e-6  # claimed log-det vs log|det J| (float64)
@@ -192,7 +192,7 @@ def check_stacked(posterior: str, prior: str) -> Check:
     models = [perturbed_model(posterior, prior, seed=s) for s in range(3)]
     problem = functorch_problem(models[0].config)
     if problem:
-        return Check("stacked (vmap over 3 runs) = alone", f"not stackable ({problem[:60]}): runs train alone",
+        return Check("stacked (vmap over 3 runs) = alone", f"not stackable ({clip(problem, 60)}): runs train alone",
                      f"<= {STACK_RTOL:g}", None)
     params, buffers = torch.func.stack_module_state(models)
     x, eps = inputs(), models[0].noise(K, inputs(), gen(4))  # [B, P], [K, B, D]
@@ -218,7 +218,7 @@ def check_compiled(model: VAE, run: bool) -> Check:
             compiled = torch.compile(model.log_densities, dynamic=False)(x, eps)
         except Exception as err:
             text = (str(err).strip().splitlines() or [""])[0]
-            return Check(name, f"cannot be compiled ({type(err).__name__}: {text[:100]}); trains eagerly", bound,
+            return Check(name, f"cannot be compiled ({clip(f'{type(err).__name__}: {text}', 110)}); trains eagerly", bound,
                          None)
     worst = max((a - b).abs().max().item() for a, b in zip(compiled, eager))
     ok = all(torch.allclose(a, b, rtol=COMPILE_RTOL, atol=COMPILE_ATOL) for a, b in zip(compiled, eager))
