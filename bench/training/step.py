@@ -250,8 +250,10 @@ class StackFunctions:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                        self.RECOMPILE_LIMIT)
 
+        self.eager: dict[str, Callable] = {}  # the same functions uncompiled (what `bench.training.cost` counts)
+
         def wrap(name: str, fn: Callable, in_dims: tuple) -> Callable:
-            eager = _on_rows(fn, in_dims, self.stack_problem)
+            eager = self.eager[name] = _on_rows(fn, in_dims, self.stack_problem)
             if not compile:
                 return eager
             if name == "train_step" and self.cuda_graphs:
