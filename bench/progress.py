@@ -83,6 +83,8 @@ class GridProgress:
             msg = f"diverged  {row['run_id']}: non-finite loss at step {row['first_bad_step']}"
         if row.get("executor", "local") != "local" and row.get("hostname"):
             msg += f"  on {row['hostname']}"
+        if row.get("compile_error"):
+            msg += f"\n          cannot be compiled, ran eager ({row['compile_error']})"
         if self.bars:
             self.bars.advance(self.grid_task)
             self.bars.console.print(msg)

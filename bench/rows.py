@@ -14,6 +14,7 @@ import torch
 
 from bench.grid.config import RunConfig
 from bench.storage import ResultsLayout, write_parquet
+from bench.training.cost import COST_COLUMNS
 from bench.training.run import Run, RunData
 from bench.training.stack import Stack
 from vae_core.registry import origins
@@ -43,7 +44,9 @@ def run_figures(run: Run, stack: Stack, data: RunData | None, test: dict | None)
            "train_examples_per_s": run.step * t.batch_size / run.train_seconds if run.train_seconds else math.nan,
            "compiled": stack.fns.step_compiled, "compile_error": stack.fns.compile_error,
            "cuda_graphs": stack.fns.cuda_graphs and stack.fns.step_compiled,
-           "compile_seconds": run.compile_seconds}
+           "compile_seconds": run.compile_seconds, **run.cost}
+    if run.cost and run.train_seconds:
+        row["train_gflop_per_s"] = run.cost["train_flops_per_example"] * row["train_examples_per_s"] / 1e9
     if data is not None:
         row.update(data_digest=data.digest, eval_images=data.test.shape[0])
     if test is not None:
@@ -65,7 +68,8 @@ def result_row(cfg: RunConfig, figures: dict, device: torch.device, started: dat
     m, t = cfg.model, cfg.train
     nan_cols = ("steps_done", "best_step", "val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px",
                 "test_reconstruction", "test_kl", "test_iw_bits_per_dim", "test_elbo_bits_per_dim",
-                "train_examples_per_s", "train_seconds", "eval_seconds", "eval_images")
+                "train_examples_per_s", "train_seconds", "eval_seconds", "eval_images", *COST_COLUMNS,
+                "train_gflop_per_s")
     row = {
         "run_id": cfg.run_id, "grid": cfg.grid, "variant": cfg.variant, "posterior": m.posterior,
         "prior": m.prior, **origins(m), "architecture": m.architecture, "latent_dim": m.latent_dim, "lr": t.lr,

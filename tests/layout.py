@@ -20,7 +20,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (  # lowest first; a module ma
     ("networks and flows", ("vae_core.nets", "vae_core.flows")),
     ("families", ("vae_core.posteriors", "vae_core.priors", "vae_core.likelihoods")),
     ("model", ("vae_core.vae",)),
-    ("model tools", ("vae_core.inference_gaps", "vae_core.contract")),
+    ("model tools", ("vae_core.inference_gaps", "vae_core.contract", "vae_core.probes")),
     ("vae_core API", ("vae_core",)),
     ("support", ("bench", "bench.errors", "bench.quiet", "bench.storage", "bench.progress")),
     ("optimizers", ("bench.training.optim",)),

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tests.conftest import DEVICES
-from vae_core import POSTERIORS, PRIORS, CheckpointError, build_vae, contract, load_vae, registry
+from tests.families import PAIRS, ZUKO_POSTERIORS, ZUKO_PRIORS
+from vae_core import CheckpointError, build_vae, contract, load_vae, registry
 from vae_core.posteriors import PlanarPosterior
 from vae_core.priors import StandardNormalPrior
 
@@ -32,7 +33,16 @@ def case(posterior, prior, latent_dim, architecture="mlp", data_dim=4, kl="mc"):
     return pytest.param(posterior, prior, latent_dim, architecture, data_dim, kl, id=name)
 
 
-CASES = [case(post, pri, d) for post in POSTERIORS for pri in PRIORS for d in (1, 3)]
+def flow_hidden(posterior: str, prior: str, latent_dim: int) -> int:
+    """The flows' hidden width for a case: the default (2 x latent_dim), except that zuko's flows at D = 1 get 8.
+    There zuko conditions an element-wise transform on the context through a ReLU MLP, 2 units wide by default:
+    on the B = 3 inputs both units of a layer are often inactive, so the gradient check would report a width,
+    not a defect."""
+    zuko = {*ZUKO_POSTERIORS, *ZUKO_PRIORS}
+    return 8 if latent_dim == 1 and (posterior in zuko or prior in zuko) else 0
+
+
+CASES = [case(post, pri, d) for post, pri in PAIRS for d in (1, 3)]
 CASES += [
     case("iaf", "vamp", 3, architecture="conv", data_dim=784),
     case("planar", "flow", 2, architecture="conv", data_dim=784),
@@ -215,7 +225,8 @@ def check_gradients(model, x: torch.Tensor) -> None:
 def test_contract(posterior, prior, latent_dim, architecture, data_dim, kl, tmp_path):
     torch.manual_seed(0)
     model = build_vae({"data_dim": data_dim, "latent_dim": latent_dim, "posterior": posterior, "prior": prior,
-                       "architecture": architecture, "hidden": [8], "prior_components": 3, "kl": kl})
+                       "architecture": architecture, "hidden": [8], "prior_components": 3, "kl": kl,
+                       "flow_hidden": flow_hidden(posterior, prior, latent_dim)})
     x = torch.bernoulli(torch.full((B, data_dim), 0.3), generator=gen(0))  # [B, P]
 
     check_shapes(model, x, data_dim, latent_dim)
@@ -226,7 +237,7 @@ def test_contract(posterior, prior, latent_dim, architecture, data_dim, kl, tmp_
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("posterior, prior", [(q, p) for q in POSTERIORS for p in PRIORS])
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 def test_contract_on_device(posterior, prior, device):
     """Every family on the device: its deterministic parts give the CPU's numbers, the estimators are finite
     with generators on that device, and every parameter gets a gradient."""

@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli
 
-from vae_core import POSTERIORS, PRIORS, build_vae
+from tests.families import PAIRS
+from vae_core import POSTERIORS, build_vae
+from vae_core.contract.tools import relative_std
 from vae_core.estimators import elbo_from_log_weights, iw_bound, streaming_iw_bound
 
 DATA_DIM, LATENT = 4, 2
@@ -86,8 +88,9 @@ def quadrature_model(posterior: str, prior: str, seed: int = 0, kl: str = "mc", 
     noise = lambda shape, std: torch.randn(shape, generator=g) * std  # noqa: E731
     for p in model.decoder.parameters():
         p.add_(noise(p.shape, 0.4))
+    relative = getattr(model.posterior, "contract_relative_perturbation", False)  # zuko's tuned initialisation
     for p in model.posterior.parameters():  # IAF's MADEs (planar has none: its flows come from the context)
-        p.add_(noise(p.shape, 0.2))
+        p.add_(noise(p.shape, relative_std(p, 0.2) if relative else 0.2))
     last = model.encoder.net[-1]  # rows: loc [D], raw scale [D], context [C]
     last.weight[:LATENT] = noise((LATENT, last.in_features), 0.5)
     last.bias[:LATENT] = noise(LATENT, 0.3)
@@ -130,14 +133,16 @@ def iw_standard_error(log_w: torch.Tensor) -> torch.Tensor:
     return w.std(0) / math.sqrt(log_w.shape[0]) / w.mean(0)
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))  # a new prior gets the generic set-up (no perturbation)
-@pytest.mark.parametrize("posterior", list(POSTERIORS))
+@pytest.mark.parametrize("posterior, prior", PAIRS)  # a new prior gets the generic set-up (no perturbation)
 def test_iw_estimate_matches_quadrature(posterior, prior):
     model = quadrature_model(posterior, prior)
     exact, mass = quadrature_log_px(model, ALL_X)  # [16]
     # the quadrature itself: (nearly) all the prior mass is on the grid (so the missing part is < 0.001 nats
-    # of every p(x)), and the p(x) of the 16 binary x sum to that mass
-    assert abs(mass - 1) < 1e-3 * exact.exp().min()
+    # of every p(x)), the grid integrates the prior to 1 within 1e-3 (a density with kinks, NSF's splines at
+    # their bound, is integrated with an O(h^2) error: 2.5e-4 at this step, 5.7e-5 at half of it), and the p(x)
+    # of the 16 binary x sum to that mass
+    assert 1 - mass < 1e-3 * exact.exp().min()
+    assert abs(mass - 1) < 1e-3
     assert abs(exact.exp().sum().item() - mass) < 1e-9
 
     estimate = model.iw_log_px(ALL_X, k=K_IW, generator=gen(1))  # [16], drawn in chunks
@@ -184,8 +189,7 @@ def random_model(posterior: str, prior: str, seed: int = 0, std: float = 0.3):
     return model
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))
-@pytest.mark.parametrize("posterior", list(POSTERIORS))
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 def test_iw_with_one_sample_is_the_elbo(posterior, prior):
     model = random_model(posterior, prior)
     iw1 = model.iw_log_px(ALL_X, k=1, generator=gen(4))  # [16]
@@ -301,8 +305,7 @@ def directional_derivative_errors(model, x: torch.Tensor, eps: float = 1e-5) -> 
     return errors
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))
-@pytest.mark.parametrize("posterior", list(POSTERIORS))
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 def test_elbo_gradient_is_the_derivative_of_the_seeded_elbo(posterior, prior):
     """No path is cut (a stray detach) or double-counted: autograd = finite differences, part by part."""
     model = random_model(posterior, prior)
@@ -337,8 +340,7 @@ def test_analytic_kl_equals_monte_carlo_kl():
     assert ((forgetful - kl_mc).abs() > 5 * se).any()
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))
-@pytest.mark.parametrize("posterior", list(POSTERIORS))
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 @torch.no_grad()
 def test_elbo_decomposition(posterior, prior):
     """elbo = reconstruction - kl, with reconstruction = E log p(x|z) and kl = E[log q - log p] on the same z."""

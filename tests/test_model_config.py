@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vae_core import POSTERIORS, PRIORS, ConfigError, ModelConfig, build_vae
+from tests.families import PAIRS
+from vae_core import POSTERIORS, ConfigError, ModelConfig, build_vae
 from vae_core.config import to_dict
 
 
@@ -86,8 +87,7 @@ def test_defaults_build_and_run():
     assert elbo.shape == (2,) and torch.isfinite(elbo).all()
 
 
-@pytest.mark.parametrize("posterior", list(POSTERIORS))
-@pytest.mark.parametrize("prior", list(PRIORS))
+@pytest.mark.parametrize("posterior, prior", PAIRS)
 def test_every_registered_family_is_accepted(posterior, prior):
     config = ModelConfig.parse({"data_dim": 4, "posterior": posterior, "prior": prior})
     assert config.posterior == posterior and config.prior == prior

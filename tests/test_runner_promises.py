@@ -577,5 +577,7 @@ def test_compiled_evaluation_failure_falls_back_to_eager(tmp_path, synth_dir, st
     eager, fallback = runs.loc[False], runs.loc[True]
     assert fallback["status"] == "completed", fallback["error"]
     assert fallback["compile_error"] == "evaluation: RuntimeError: inductor: IW chunk failed to compile"
+    assert ("cannot be compiled, ran eager (evaluation: RuntimeError: inductor: IW chunk failed to compile)"
+            in out), out
     for col in ("val_elbo", "val_iw_log_px", "test_elbo", "test_iw_log_px", "test_reconstruction", "test_kl"):
         assert fallback[col] == eager[col], col

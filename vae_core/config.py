@@ -122,6 +122,10 @@ class ModelConfig:
     prior_components: int = 10
     prior_flow_steps: int = 2
     flow_hidden: int = 0
+    zuko_bins: int = 0
+    zuko_signal: int = 0
+    zuko_degree: int = 0
+    zuko_polynomials: int = 0
     activation: str = choice("relu", ("relu", "tanh", "gated"))
     init: str = choice("torch", ("torch", "he", "glorot"))
     prior_pseudo_inputs: str = choice("sigmoid", ("sigmoid", "hardtanh"))
@@ -157,6 +161,8 @@ class ModelConfig:
              f"must be >= 1 (0 = min(8, latent_dim)); got {self.posterior_householder_reflections}")
         need(self.prior_flow_steps >= 1, "prior_flow_steps", f"must be >= 1; got {self.prior_flow_steps}")
         need(self.prior_components >= 1, "prior_components", f"must be >= 1; got {self.prior_components}")
+        for key in ("zuko_bins", "zuko_signal", "zuko_degree", "zuko_polynomials"):
+            need(getattr(self, key) >= 0, key, f"must be >= 1 (0 = zuko's default for the flow); got {getattr(self, key)}")
         need(self.flow_hidden >= 0, "flow_hidden", f"must be >= 0 (0 = 2 * latent_dim); got {self.flow_hidden}")
         need(self.flow_hidden == 0 or self.flow_hidden >= self.latent_dim - 1, "flow_hidden",
              f"= {self.flow_hidden} is below latent_dim - 1 = {self.latent_dim - 1}: some inputs would reach no output")

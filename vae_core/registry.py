@@ -8,11 +8,14 @@ A name is, in this order of lookup:
 - "module.path:ClassName", imported on first use (the module must be importable wherever the runs execute);
   origin the name itself.
 
+A plugin's or dotted path's class that is not a family but can be made one (a zuko flow class:
+`Kind.adapt`) is wrapped into its family.
+
 Resolution is by name, in the process that builds the model (a worker resolves the names of its run's config
 itself), so no class is ever pickled. Every problem is a one-line `ConfigError` naming the key: an unknown
 name (with the closest suggested), a module that does not import (its exception's first line), a class that
 does not implement the interface, an entry point that shadows a built-in, a `from_config` that rejects the
-config (`vae_core.vae.check_model`, run when a run config is resolved, so before anything runs).
+config (`vae_core.probes.check_model`, run when a run config is resolved, so before anything runs).
 The built-in tables are found by name too (`Kind.builtins`), so this module imports no family: it sits below
 the families and the data layer, which may use it.
 """
@@ -41,12 +44,15 @@ class Kind:
     builtins: str  # 'module:TABLE', a name -> object mapping
     methods: tuple[str, ...]  # callables a class must have (unless it subclasses `base`)
     base: str | None = None  # 'module:Class'
+    adapt: str | None = None  # 'module:function' turning a foreign class (e.g. a zuko flow) into a family
 
 
 KINDS: dict[str, Kind] = {
     "posterior": Kind("model.posterior", "vaebench.posteriors", "vae_core.posteriors:POSTERIORS",
-                      ("from_noise", "from_config"), "vae_core.posteriors.base:Posterior"),
-    "prior": Kind("model.prior", "vaebench.priors", "vae_core.priors:PRIORS", ("log_prob", "sample", "from_config")),
+                      ("from_noise", "from_config"), "vae_core.posteriors.base:Posterior",
+                      "vae_core.posteriors.zuko:adapt"),
+    "prior": Kind("model.prior", "vaebench.priors", "vae_core.priors:PRIORS", ("log_prob", "sample", "from_config"),
+                  adapt="vae_core.priors.zuko:adapt"),
     "dataset": Kind("data.dataset", "vaebench.datasets", "vae_core.data.catalog:DATASETS", ()),
 }
 
@@ -158,6 +164,8 @@ def resolve(kind: str, name: str) -> Resolved:
         valid = names(kind)
         raise ConfigError(f"'{spec.key}' must be one of {', '.join(map(repr, valid))} or 'module.path:ClassName'; "
                           f"got {name!r}{suggest(name, valid)}")
+    if spec.adapt is not None and resolved.origin != BUILTIN:
+        resolved = Resolved(kind, name, _load(spec.adapt)(resolved.obj), resolved.origin)
     check_interface(kind, name, resolved.obj, resolved.origin)
     return resolved
 

@@ -16,7 +16,7 @@ from vae_core.likelihoods import likelihood_for
 from vae_core.nets import Decoder, Encoder, image_shape
 from vae_core.nets.gated_conv import gated_conv_decoder_floats
 from vae_core.posteriors import standard_normal
-from vae_core.registry import build_posterior, build_prior, resolve
+from vae_core.registry import build_posterior, build_prior
 
 CHECKPOINT_FORMAT = "vaebench-vae/1"
 
@@ -180,17 +180,3 @@ def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
     except (ConfigError, RuntimeError, KeyError, AttributeError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
     return model.to(map_location)
-
-
-_CHECKED: set[tuple] = set()
-
-
-def check_model(cfg: ModelConfig) -> None:
-    """Both family names resolve and their `from_config` accept `cfg`: the VAE is built once per distinct model
-    config and resolved classes, on the CPU, without disturbing the global random state."""
-    key = (cfg, resolve("posterior", cfg.posterior).obj, resolve("prior", cfg.prior).obj)
-    if key in _CHECKED:
-        return
-    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-        VAE(cfg)
-    _CHECKED.add(key)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from bench.commands import DataDir, Offline, user_errors
+from bench.errors import UserError
 
 
 def command(
@@ -17,6 +18,8 @@ def command(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Reference variant of the versus table "
                                                                     "(default: mean-field if present, else the "
                                                                     "first variant)."),
+    cost: str = typer.Option("flops", "--cost", help="The versus figures' cost axis: flops (counted, what a "
+                                                     "shared machine cannot distort) or seconds (measured)."),
     offline: bool = Offline,
 ) -> None:
     """Tables and plots from a results folder (report.md, PNG and PDF figures)."""
@@ -24,5 +27,7 @@ def command(
     from vae_core.data import offline_from_env
 
     with user_errors():
+        if cost not in ("flops", "seconds"):
+            raise UserError(f"--cost must be flops or seconds; got {cost!r}")
         download = not (offline or offline_from_env())
-        make_report(results, out or results / "report", data_dir, baseline=baseline, download=download)
+        make_report(results, out or results / "report", data_dir, baseline=baseline, download=download, cost=cost)

@@ -14,7 +14,7 @@ from vae_core.config import ConfigError, ModelConfig, choice, to_dict
 from vae_core.data.catalog import DEFAULT_SPLIT_SEED, get_spec, train_examples
 from vae_core.data.errors import DataError
 from vae_core.likelihoods import likelihood_for
-from vae_core.vae import check_model
+from vae_core.probes import check_model
 
 TRAIN_EXAMPLES = train_examples()
 """Training-set size of each built-in dataset, from the registry (code asks `get_spec(name).splits[0]`, which

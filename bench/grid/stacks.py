@@ -4,7 +4,8 @@ group is cut into stacks of at most the chosen size (`vaebench run --stack auto|
 Per-run keys (each run of a stack keeps its own value): `train.seed`, `train.lr`, `train.kl_warmup_steps`,
 `train.grad_clip`, `train.patience` (and `train.kl_warmup_epochs`, `train.patience_epochs`, which set them).
 Everything else (architecture, families, optimizer, batch size, steps, objective, lr schedule, evaluation
-protocol, data, compile) must be equal.
+protocol, data, compile) must be equal. A family that does not run under torch.func (vmap, grad) never
+shares a stack, whatever `--stack` says: its runs train alone, and `--dry-run` says why.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from bench.errors import UserError
 from bench.grid.config import RunConfig
+from vae_core.probes import clip, functorch_problem
 
 PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience",
                 "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys
@@ -86,7 +88,10 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
         groups.setdefault(stack_key(cfg), []).append(cfg)
     plans = []
     for members in groups.values():
-        if size is None:
+        problem = stack_problem(members[0])
+        if problem and (size is None or size > 1):
+            limit, reason = 1, f"alone: the family does not run under torch.func ({clip(problem, 90)})"
+        elif size is None:
             limit, reason = auto_size(members[0], parameter_count(members[0]), device)
         else:
             limit, reason = size, f"--stack {size}"
@@ -100,9 +105,20 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
     return plans
 
 
-def parameter_count(cfg: RunConfig) -> int:
-    """Parameters of one run's model, built on the meta device (no memory, no draws from the global RNG)."""
-    from vae_core import build_vae
+def stack_problem(cfg: RunConfig) -> str:
+    """'' if runs of this model can share a stack, else why not (`vae_core.probes.functorch_problem`)."""
 
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_vae(cfg.model).parameters())
+    return functorch_problem(cfg.model)
+
+
+def parameter_count(cfg: RunConfig) -> int:
+    """Parameters of one run's model, built on the meta device (no memory, no draws from the global RNG), or on
+    the CPU with the random state restored where a family's constructor has no meta kernel (zuko's masks)."""
+    from vae_core import ConfigError, build_vae
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_vae(cfg.model).parameters())
+    except ConfigError:  # the registry's one line for the constructor's NotImplementedError; a real one recurs
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            return sum(p.numel() for p in build_vae(cfg.model).parameters())

@@ -18,7 +18,7 @@ from bench.errors import UserError
 from bench.report.datasets import dataset_groups, is_8bit, units_sentence
 from bench.report.families import family_markdown
 from bench.report.figures import (SkipFigure, plot_learning_curves, plot_log_px, plot_throughput, plot_tradeoff,
-                                  plot_versus, plot_versus_by_lr)
+                                  plot_versus, plot_versus_by_lr, versus_cost_axis)
 from bench.report.gaps import gaps_markdown
 from bench.report.literature import literature_markdown
 from bench.report.origins import origin_lines
@@ -102,8 +102,10 @@ def _versus_section(runs: pd.DataFrame, baseline: str, show_lr: bool) -> tuple[l
           f"{baseline} in nats per image (above 0: higher likelihood than {baseline}), mean ± standard error over "
           "seeds; 95% CI with Student t: paired by seed (dof = pairs − 1) where both ran the same seeds, "
           "Welch's unpaired test (Welch–Satterthwaite dof) where they did not; no interval with one seed. "
-          "Cost columns: mean training seconds per step and mean wall seconds per run, a run of a stack "
-          f"charged its share (the stack's seconds / its size), as a ratio to {baseline}'s. Seeds left out of "
+          "Cost columns: counted training FLOPs per example (the same on any machine), mean training seconds per "
+          "step and mean wall seconds per run (a run of a stack charged its share: the stack's seconds / its "
+          f"size), as ratios to {baseline}'s; GFLOP/s: the runs' achieved rate (FLOPs per example × examples/s, "
+          "a stacked run's share of its stack's). Seeds left out of "
           "a comparison are named with the reason.", ""]
     by_lr = versus_by_lr(runs, baseline) if show_lr else pd.DataFrame()
     if show_lr:
@@ -120,11 +122,12 @@ def _versus_section(runs: pd.DataFrame, baseline: str, show_lr: bool) -> tuple[l
 
 
 def make_report(results: Path, out: Path, data_dir: Path | None = None, console: Console | None = None,
-                baseline: str | None = None, download: bool = False) -> Path:
+                baseline: str | None = None, download: bool = False, cost: str = "flops") -> Path:
     """Write `out/report.md` and the figures for the results folder `results`; returns the report path.
 
     `baseline` names the reference variant of the versus table (default: `mean-field` if present, else the
-    first variant); `download` lets the image figures fetch a missing test set into the cache. Reproduction runs
+    first variant); `download` lets the image figures fetch a missing test set into the cache; `cost` ('flops' or
+    'seconds') is the versus figures' cost axis (the tables show both). Reproduction runs
     are compared only with their published values; a folder of reproductions alone has no versus table.
     Raises UserError when `results` does not exist or holds no run rows (and no reproduction curves), or
     `baseline` is not a variant of the benchmark's runs.
@@ -162,7 +165,7 @@ def make_report(results: Path, out: Path, data_dir: Path | None = None, console:
     printed = []
     for (dataset, group), reference in zip(groups, references):
         section, shown = _dataset_sections(group, curves, reference, results, out, data_dir, download, dataset,
-                                           len(groups) > 1)
+                                           len(groups) > 1, cost)
         md += section
         printed.append(shown)
     md += family_markdown(all_runs)  # hook: the family-by-dataset table (bench/report/families.py)
@@ -205,7 +208,8 @@ def _baselines(groups: list[tuple[str, pd.DataFrame]], name: str | None) -> list
 
 
 def _dataset_sections(runs: pd.DataFrame, curves: pd.DataFrame, reference: str, results: Path, out: Path,
-                      data_dir: Path | None, download: bool, dataset: str, several: bool) -> tuple[list[str], tuple]:
+                      data_dir: Path | None, download: bool, dataset: str, several: bool,
+                      cost: str = "flops") -> tuple[list[str], tuple]:
     """The markdown of one dataset's runs (versus, main and best-lr tables, failures, figures) and what the
     console shows of it: (display, bold, versus display, reference, sentence, figures written). With `several`
     datasets the section has a dataset heading and its figures go to `out/<dataset>/`."""
@@ -251,11 +255,13 @@ def _dataset_sections(runs: pd.DataFrame, curves: pd.DataFrame, reference: str, 
                to_markdown(shown).rstrip(), ""]
 
     md += ["## Figures", ""]
-    figure_notes: list[str] = []
+    cost, cost_note = versus_cost_axis(versus, cost)
+    figure_notes: list[str] = [cost_note] if cost_note else []
+    per = "counted FLOPs per example" if cost == "flops" else "seconds per step"
     written = 0
     plots = [
-        (f"Versus {reference}: Δ nats with 95% CI against relative cost per step",
-         lambda: plot_versus(versus, reference, fig_dir, runs)),
+        (f"Versus {reference}: Δ nats with 95% CI against relative {per}",
+         lambda: plot_versus(versus, reference, fig_dir, runs, cost)),
         ("Test IW log p(x) per variant (mean ± sd over seeds; dots = seeds)", lambda: plot_log_px(runs, fig_dir)),
         ("Validation ELBO vs training step (mean over seeds, band = sd)",
          lambda: plot_learning_curves(runs, curves, fig_dir)),
@@ -264,8 +270,8 @@ def _dataset_sections(runs: pd.DataFrame, curves: pd.DataFrame, reference: str, 
          lambda: plot_tradeoff(runs, fig_dir)),
     ]
     if show_lr:
-        plots.insert(1, (f"Versus {reference} at each lr: Δ test IW log p(x) with 95% CI against relative cost",
-                         lambda: plot_versus_by_lr(by_lr, reference, fig_dir, runs)))
+        plots.insert(1, (f"Versus {reference} at each lr: Δ test IW log p(x) with 95% CI against relative {per}",
+                         lambda: plot_versus_by_lr(by_lr, reference, fig_dir, runs, cost)))
     of = f", {dataset}" if several else ""
     for caption, draw in plots:
         try:

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.report.tables import best_lr_table, completed, fmt_lr, several_lrs, variant_order
+from bench.report.versus import COST_AXES
 
 STYLE = {"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
 
@@ -183,12 +184,23 @@ def plot_tradeoff(runs: pd.DataFrame, out_dir: Path) -> str:
 
 
 
-def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: dict[str, tuple]) -> None:
-    """Δ `metric` with its 95% interval against relative training cost per step; the reference at (1, 0)."""
+def versus_cost_axis(table: pd.DataFrame, cost: str) -> tuple[str, str]:
+    """(the cost: 'flops' or 'seconds', a note) for the versus figures: FLOPs unless the rows have no counts
+    (results written before counting), then seconds, and the note says so."""
+    if cost == "flops" and not table["flops_ratio"].notna().any():
+        return "seconds", "no run has counted FLOPs (results written before counting): cost axis = seconds"
+    return cost, ""
+
+
+def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: dict[str, tuple],
+                  cost: str = "flops") -> None:
+    """Δ `metric` with its 95% interval against relative training cost (`COST_AXES[cost]`); the reference at
+    (1, 0)."""
+    column, xlabel = COST_AXES[cost]
     ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=1)
     ax.axvline(1.0, color="0.6", linewidth=0.8, linestyle=":", zorder=1)
     for _, r in table.iterrows():
-        x, y = r["step_ratio"], r[f"{metric}_mean"]
+        x, y = r[column], r[f"{metric}_mean"]
         if math.isnan(x) or math.isnan(y):
             continue
         color = palette[r["variant"]]
@@ -211,14 +223,14 @@ def _versus_panel(ax, table: pd.DataFrame, metric: str, ylabel: str, palette: di
     ax.set_xlim(min(x0, 1.0 - 0.1 * (x1 - x0)), x1 + 0.25 * (x1 - x0))
     y0, y1 = ax.get_ylim()
     ax.set_ylim(min(y0, -0.15 * (y1 - y0)), y1)
-    ax.set_xlabel("training seconds per step, relative to the reference")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
 
-def plot_versus(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame) -> str:
-    """Δ test IW log p(x) and Δ test ELBO vs the baseline (95% CI) against relative cost per step, one point per
-    variant at its best lr on validation (`versus_table` rows)."""
-    drawable = table.dropna(subset=["step_ratio", "log_px_mean"])
+def plot_versus(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame, cost: str = "flops") -> str:
+    """Δ test IW log p(x) and Δ test ELBO vs the baseline (95% CI) against relative cost (`COST_AXES[cost]`),
+    one point per variant at its best lr on validation (`versus_table` rows)."""
+    drawable = table.dropna(subset=[COST_AXES[cost][0], "log_px_mean"])
     if len(drawable) < 2:
         raise SkipFigure("no variant besides the baseline has completed runs with a training time")
     palette = dict(zip(table["variant"], sns.color_palette("deep", len(table))))
@@ -227,16 +239,18 @@ def plot_versus(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.Data
         for i, (metric, name) in enumerate((("log_px", f"Δ test IW log p(x) [nats]{_k_label(runs)}"),
                                             ("elbo", "Δ test ELBO [nats]"))):
             ax = fig.add_subplot(1, 2, i + 1)
-            _versus_panel(ax, drawable, metric, name, palette)
+            _versus_panel(ax, drawable, metric, name, palette, cost)
         fig.suptitle(f"Versus {baseline}: difference with 95% CI (above 0 = higher than the reference) against "
-                     f"relative cost; each variant at its best lr on validation", fontsize=9)
+                     f"relative {'counted FLOPs' if cost == 'flops' else 'seconds'}; each variant at its best lr "
+                     "on validation", fontsize=9)
     return save(fig, out_dir, "versus")
 
 
-def plot_versus_by_lr(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame) -> str:
-    """Δ test IW log p(x) (95% CI) against relative cost per step, one panel per lr, each variant compared with
-    the baseline at the same lr (`versus_by_lr` rows)."""
-    drawable = table.dropna(subset=["step_ratio", "log_px_mean"])
+def plot_versus_by_lr(table: pd.DataFrame, baseline: str, out_dir: Path, runs: pd.DataFrame,
+                      cost: str = "flops") -> str:
+    """Δ test IW log p(x) (95% CI) against relative cost (`COST_AXES[cost]`), one panel per lr, each variant
+    compared with the baseline at the same lr (`versus_by_lr` rows)."""
+    drawable = table.dropna(subset=[COST_AXES[cost][0], "log_px_mean"])
     if drawable.empty:
         raise SkipFigure("no lr at which a variant and the baseline both have completed runs")
     lrs = sorted(drawable["lr"].unique())
@@ -248,10 +262,10 @@ def plot_versus_by_lr(table: pd.DataFrame, baseline: str, out_dir: Path, runs: p
         for ax, lr in zip(axes, lrs):
             at = drawable[drawable["lr"] == lr]
             reference = pd.DataFrame([{"variant": baseline, "pairing": "baseline", "step_ratio": 1.0,
-                                       "log_px_mean": 0.0, "n": at["n"].max()}])
+                                       "flops_ratio": 1.0, "log_px_mean": 0.0, "n": at["n"].max()}])
             _versus_panel(ax, pd.concat([reference, at], ignore_index=True), "log_px",
-                          f"Δ test IW log p(x) [nats]{_k_label(runs)}", palette)
+                          f"Δ test IW log p(x) [nats]{_k_label(runs)}", palette, cost)
             ax.set_title(f"lr {fmt_lr(lr)}", fontsize=9)
-        fig.suptitle(f"Versus {baseline} at the same lr: Δ test IW log p(x) with 95% CI against relative cost "
-                     "per step", fontsize=9)
+        fig.suptitle(f"Versus {baseline} at the same lr: Δ test IW log p(x) with 95% CI against relative "
+                     f"{'counted FLOPs' if cost == 'flops' else 'seconds'}", fontsize=9)
     return save(fig, out_dir, "versus_by_lr")

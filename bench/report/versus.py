@@ -27,10 +27,14 @@ def columns(metrics: dict[str, str] = METRICS) -> list[str]:
     """The versus table's columns for `metrics` (short name -> run-table column)."""
     return ["variant", "lr", "baseline_lr", "pairing", "n", "n_variant", "n_baseline", "excluded",
             *[f"{m}_{s}" for m in metrics for s in ("mean", "se", "dof", "lo", "hi")],
-            "step_seconds", "wall_seconds", "step_ratio", "wall_ratio"]
+            "step_seconds", "wall_seconds", "step_ratio", "wall_ratio", "flops_per_example", "flops_ratio",
+            "gflop_per_s"]
 
 
 COLUMNS = columns()
+COST_AXES = {"flops": ("flops_ratio", "training FLOPs per example (counted), relative to the reference"),
+             "seconds": ("step_ratio", "training seconds per step (measured), relative to the reference")}
+"""`vaebench report --cost`: the versus figures' x-axis column and label."""
 
 
 def pick_baseline(runs: pd.DataFrame, name: str | None = None) -> str:
@@ -100,6 +104,17 @@ def _cost(rows: pd.DataFrame) -> tuple[float, float]:
     return float((done["train_seconds"] / steps / share).mean()), float((done["wall_seconds"] / share).mean())
 
 
+def _counted(rows: pd.DataFrame) -> tuple[float, float]:
+    """(mean counted training FLOPs per example, mean achieved GFLOP/s) over completed runs; NaN where the rows
+    have no counts (results written before counting)."""
+    done = rows[rows["status"] == COMPLETED]
+
+    def mean(col: str) -> float:
+        return float(done[col].mean()) if col in done and done[col].notna().any() else math.nan
+
+    return mean("train_flops_per_example"), mean("train_gflop_per_s")
+
+
 def _diff_columns(diffs: dict[str, Difference | None]) -> dict[str, float]:
     out: dict[str, float] = {}
     for m, d in diffs.items():
@@ -132,11 +147,14 @@ def compare(var_rows: pd.DataFrame, base_rows: pd.DataFrame, variant: str, basel
         diffs = {m: welch_difference(v[c].tolist(), b[c].tolist()) for m, c in metrics.items()}
     step_v, wall_v = _cost(var_rows)
     step_b, wall_b = _cost(base_rows)
+    flops_v, gflop_per_s = _counted(var_rows)
+    flops_b, _ = _counted(base_rows)
     excluded = _excluded(var_rows, base_rows, pairing, variant, baseline, metrics)
     return {"pairing": pairing, "n": n, "n_variant": len(v), "n_baseline": len(b), "excluded": excluded,
             **_diff_columns(diffs), "step_seconds": step_v, "wall_seconds": wall_v,
             "step_ratio": step_v / step_b if step_b > 0 else math.nan,
-            "wall_ratio": wall_v / wall_b if wall_b > 0 else math.nan}
+            "wall_ratio": wall_v / wall_b if wall_b > 0 else math.nan, "flops_per_example": flops_v,
+            "flops_ratio": flops_v / flops_b if flops_b > 0 else math.nan, "gflop_per_s": gflop_per_s}
 
 
 def _at_lr(runs: pd.DataFrame, label: str, lr: float) -> pd.DataFrame:
@@ -226,7 +244,9 @@ def display_versus(table: pd.DataFrame, show_lr: bool) -> pd.DataFrame:
                                   for r, a, s in zip(reference, table[f"{m}_mean"], table[f"{m}_se"])]
         out[f"{short} 95% CI"] = [DASH if r else fmt_ci(lo, hi, n)
                                   for r, lo, hi, n in zip(reference, table[f"{m}_lo"], table[f"{m}_hi"], table["n"])]
+    out["train FLOPs/ex"] = table["flops_ratio"].map(fmt_ratio)
     out["train s/step"] = table["step_ratio"].map(fmt_ratio)
+    out["GFLOP/s"] = table["gflop_per_s"].map(lambda x: DASH if math.isnan(x) else f"{x:.1f}")
     out["wall s/run"] = table["wall_ratio"].map(fmt_ratio)
     out["seeds left out"] = table["excluded"].replace("", DASH)
     return out

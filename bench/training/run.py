@@ -54,6 +54,7 @@ class Run:
         self.train_seconds = self.eval_seconds = self.compile_seconds = 0.0
         self.first_bad_step: int | None = None
         self.resumed_from_step = 0
+        self.cost: dict[str, float] = {}  # counted FLOPs (bench.training.cost), set by the stack
 
     @property
     def wall_seconds(self) -> float:

@@ -19,6 +19,7 @@ import torch
 
 from bench.grid.config import RunConfig
 from bench.storage import ResultsLayout, atomic_write
+from bench.training.cost import COST_SEED, step_cost
 from bench.training.evaluate import TEST_SEED_OFFSET, VALID_SEED_OFFSET, evaluate, sync
 from bench.training.optim import OPTIMIZERS, LrSchedule, flatten_parameters
 from bench.training.run import Run, RunData
@@ -52,6 +53,7 @@ class Stack:
         self.fns = StackFunctions(self.template, self.optimizer, compile=train.compile, options=options,
                                   cuda_graphs=train.cuda_graphs and device.type == "cuda")
         self.flat = torch.stack([self.fns.layout.flatten(m) for m in models])  # [R, N]
+        self._initial_flat: torch.Tensor | None = self.flat.clone()  # [R, N], each run's cost is counted at it
         self.template_flat = flatten_parameters(self.template)
         self.runs = [Run(cfg, data, layout, device, started) for cfg in cfgs]
         self.opt_state = self.optimizer.init(self.flat)  # leaves [R, N]
@@ -146,9 +148,31 @@ class Stack:
         self.live = list(runs)
         self._timer0 = time.perf_counter()
 
+    def count_costs(self) -> None:
+        """Each run's counted cost (`bench.training.cost`), at its initial weights (after `prepare`)."""
+        if self._initial_flat is None:
+            return
+        b = self.runs[0].cfg.train.batch_size
+        batch = self.data.train[:b][None]  # [1, B, P]
+        k = self.runs[0].cfg.train.objective_samples
+        g = torch.Generator(device=self.device).manual_seed(COST_SEED)
+        eps = torch.randn(1, k, batch.shape[1], self.template.config.latent_dim, generator=g, device=self.device,
+                          dtype=batch.dtype)  # [1, k, B, D]
+        x = self.data.test[:b] if self.data.test.shape[0] else self.data.train[:b]  # [B', P]
+        eager = self.fns.eager
+        for r, run in enumerate(self.runs):
+            one = slice(r, r + 1)
+            flat = self._initial_flat[one]  # [1, N]
+            args = (flat, self.optimizer.init(flat), self.t.new_zeros(1), batch, eps, self.lr[one], self.warmup[one],
+                    self.clip[one], self.active[one])
+            run.cost = step_cost(eager["train_step"], eager["log_weight"], eager["encode"], args, x,
+                                 self.template.config.latent_dim)
+        self._initial_flat = None
+
     def run(self) -> Iterator[tuple[Run, dict | None]]:
         """Train every run to its end and test it; yields (run, test figures or None if diverged)."""
         self.prepare()
+        self.count_costs()
         yield from self._retire()  # runs resumed after they had finished training
         train = self.runs[0].cfg.train
         sync(self.device)

@@ -15,7 +15,7 @@ generators do not trace, and drawing outside keeps eager, compiled and stacked r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map
 from bench.training.optim import LrSchedule, Optimizer, State, clip_gradient, normalize_per_tensor
 from vae_core import VAE
 from vae_core.estimators import iw_bound
+from vae_core.probes import functorch_problem
 
 
 class FlatLayout:
@@ -78,12 +79,14 @@ class StepOptions:
     objective: "elbo" or "iwae" (`run_loss`); schedule: the lr factor of step t; normalize: "per-tensor"
     scales each parameter tensor's gradient to unit norm; bf16: the networks' matmuls under bfloat16
     autocast while every log-density is computed in the input's dtype (nets cast their outputs back).
+    functorch: False for a family that does not run under torch.func (`vae_core.probes.functorch_problem`).
     """
 
     objective: str = "elbo"
     schedule: LrSchedule = LrSchedule()
     normalize: str = "none"
     bf16: bool = False
+    functorch: bool = True  # False: the gradient through torch.autograd (`autograd_gradient`), one run, no vmap
 
 
 def run_loss(model: VAE, layout: FlatLayout, flat: torch.Tensor, batch: torch.Tensor, eps: torch.Tensor,
@@ -121,8 +124,12 @@ def train_step(model: VAE, layout: FlatLayout, optimizer: Optimizer, flat: torch
     frozen where it stood, and `ok` says so.
     """
     beta = kl_weight(t, warmup_steps)
-    gradient, (rec, kl) = grad(run_loss, argnums=2, has_aux=True)(model, layout, flat, batch, eps, beta,
-                                                                  options.objective, options.bf16)  # [N]
+    if options.functorch:
+        gradient, (rec, kl) = grad(run_loss, argnums=2, has_aux=True)(model, layout, flat, batch, eps, beta,
+                                                                      options.objective, options.bf16)  # [N]
+    else:
+        gradient, (rec, kl) = autograd_gradient(model, layout, flat, lambda own: run_loss(
+            model, own, flat, batch, eps, beta, options.objective, options.bf16))  # [N]
     if options.normalize == "per-tensor":
         gradient = normalize_per_tensor(gradient, layout.sizes)
     t_next = t + 1
@@ -131,6 +138,33 @@ def train_step(model: VAE, layout: FlatLayout, optimizer: Optimizer, flat: torch
     ok = active & torch.isfinite(rec) & torch.isfinite(kl)
     keep = lambda new, old: torch.where(ok, new, old)  # noqa: E731
     return keep(new_flat, flat), tuple(map(keep, new_state, state)), keep(t_next, t), rec, kl, ok
+
+
+class OwnParameters(FlatLayout):
+    """The layout of a model whose own parameters hold the run's values: `params` returns the parameters
+    themselves (whatever flat vector it is given), so a custom `autograd.Function` whose backward re-evaluates
+    the model (zuko's UNAF, SOSPF) sees in its backward the very tensors its forward saw."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.model = model
+
+    def params(self, flat: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+        return {prefix + n: p for n, p in self.model.named_parameters()}
+
+
+def autograd_gradient(model: VAE, layout: FlatLayout, flat: torch.Tensor, loss: Callable):
+    """(d loss / d flat [N], aux) for `loss(layout) -> (loss [], aux)`, by `torch.autograd` on the model's own
+    parameters set to flat's values: the gradient `torch.func.grad` gives, for families whose log-density calls
+    `torch.autograd.grad` or a custom `autograd.Function` without functorch support."""
+    params = list(model.parameters())
+    with torch.no_grad():
+        for p, value in zip(params, layout.params(flat).values()):
+            p.copy_(value)
+    with torch.enable_grad():
+        value, aux = loss(OwnParameters(model))
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+    return torch.cat([(p.new_zeros(p.shape) if g is None else g).reshape(-1) for g, p in zip(grads, params)]), aux
 
 
 def elbo_terms(model: VAE, layout: FlatLayout, flat: torch.Tensor, x: torch.Tensor, eps: torch.Tensor):
@@ -150,14 +184,17 @@ def log_weight(model: VAE, layout: FlatLayout, flat: torch.Tensor, x: torch.Tens
                            (x, loc, scale, context, eps))
 
 
-def _on_rows(fn: Callable, in_dims: tuple) -> Callable:
+def _on_rows(fn: Callable, in_dims: tuple, stack_problem: str = "") -> Callable:
     """`fn` over a leading run dimension of the arguments whose in_dim is 0 (None: shared by all runs).
 
-    One run (R = 1) runs `fn` itself on row 0, without vmap: a stack of one is exactly the single run."""
+    One run (R = 1) runs `fn` itself on row 0, without vmap: a stack of one is exactly the single run. With a
+    `stack_problem` (the family does not run under vmap) more than one run is an error: such runs train alone."""
     batched = vmap(fn, in_dims=in_dims)
 
     def on_rows(*args):
         if args[0].shape[0] > 1:
+            if stack_problem:
+                raise ValueError(f"these runs cannot be stacked (the family fails under torch.func: {stack_problem})")
             return batched(*args)
         rows = [tree_map(lambda a: a[0], arg) if d == 0 else arg for arg, d in zip(args, in_dims)]
         return tree_map(lambda out: out.unsqueeze(0), fn(*rows))
@@ -206,18 +243,23 @@ class StackFunctions:
         layout = FlatLayout(model)
         self.layout = layout
         self.compile_errors: list[str] = []
+        self.stack_problem = functorch_problem(model.config)
+        options = replace(options, functorch=not self.stack_problem)
         if compile:
             torch._dynamo.reset()  # guards of earlier stacks must not pile up towards the recompile limit
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                        self.RECOMPILE_LIMIT)
 
+        self.eager: dict[str, Callable] = {}  # the same functions uncompiled (what `bench.training.cost` counts)
+
         def wrap(name: str, fn: Callable, in_dims: tuple) -> Callable:
-            eager = _on_rows(fn, in_dims)
+            eager = self.eager[name] = _on_rows(fn, in_dims, self.stack_problem)
             if not compile:
                 return eager
             if name == "train_step" and self.cuda_graphs:
-                return _Fallback(compile_fn(_on_rows(fn, in_dims), name, "reduce-overhead"), eager, self, name)
-            return _Fallback(compile_fn(_on_rows(fn, in_dims), name), eager, self, name)
+                return _Fallback(compile_fn(_on_rows(fn, in_dims, self.stack_problem), name, "reduce-overhead"),
+                                 eager, self, name)
+            return _Fallback(compile_fn(_on_rows(fn, in_dims, self.stack_problem), name), eager, self, name)
 
         step = partial(train_step, model, layout, optimizer, options=options)
         self.train_step = wrap("train_step", step, (0,) * 9)

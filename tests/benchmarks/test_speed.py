@@ -39,6 +39,16 @@ FAMILIES = {
 }
 
 
+ZUKO_FAMILIES = {  # zuko's flows through the adapter (vae_core/posteriors/zuko.py), 2 transforms, hidden 2 x 256
+    "nsf": {"posterior": "nsf"},
+    "naf": {"posterior": "naf"},
+    "bpf": {"posterior": "bpf"},
+    "zuko-maf": {"posterior": "zuko-maf"},
+    "nsf-prior": {"prior": "nsf"},
+}
+ZUKO_CI_CASE = ("nsf", "ours")  # the case the plain test command runs once (untimed)
+
+
 def stack_configs(model: dict, optimizer: str, seeds=(0,), lrs=(1e-3,), compiled: bool = False):
     """Run configs of one architecture: seeds x lrs (a stack of 9 with 3 of each), as the runner gets them."""
     return parse_grid({"name": "bench", "model": model,
@@ -47,7 +57,7 @@ def stack_configs(model: dict, optimizer: str, seeds=(0,), lrs=(1e-3,), compiled
                        "grid": {"train.seed": list(seeds), "train.lr": list(lrs)}})
 
 
-def our_block(cfgs, images: torch.Tensor, tmp: Path):
+def our_block(cfgs, images: torch.Tensor, tmp: Path, compile_may_fail: bool = False):
     """STEPS steps of a `Stack` the way the runner trains it (resident data, each run's own permutation and
     noise, the one-graph step; compiled if the configs say so, compilation in the untimed warm-up)."""
     data = RunData(train=images, valid=images[:1], test=images[:1], dynamic=False, digest="bench")
@@ -59,7 +69,8 @@ def our_block(cfgs, images: torch.Tensor, tmp: Path):
             stack.step()
 
     block()  # warm-up (compilation, allocator)
-    assert not stack.fns.compile_error, stack.fns.compile_error
+    assert compile_may_fail or not stack.fns.compile_error, stack.fns.compile_error
+    block.compile_error = stack.fns.compile_error
     return block
 
 
@@ -110,6 +121,21 @@ def test_train_step_reference_arch(benchmark, train_images, tmp_path, family, si
         cfgs = stack_configs({**REFERENCE, **FAMILIES[family]}, "rmsprop-centered", compiled=side == "ours-compiled")
         block = our_block(cfgs, train_images, tmp_path)
     run(benchmark, block, f"train ref 784-256-256 z128 {family}", side, STEPS * BATCH, rounds=TRAIN_ROUNDS)
+
+
+@pytest.mark.parametrize("side", ["ours", "ours-compiled"])
+@pytest.mark.parametrize("family", list(ZUKO_FAMILIES))
+def test_train_step_reference_arch_zuko(benchmark, request, train_images, tmp_path, family, side):
+    """zuko's flows at the reference architecture, eager and compiled (a flow that cannot compile runs eager: its
+    compile error is recorded); parameter counts in extra_info."""
+    if request.config.getoption("benchmark_disable") and (family, side) != ZUKO_CI_CASE:
+        pytest.skip("tens of seconds per case: timed with --benchmark-only, one case runs untimed")
+    torch.manual_seed(0)
+    model = {**REFERENCE, **ZUKO_FAMILIES[family]}
+    cfgs = stack_configs(model, "rmsprop-centered", compiled=side == "ours-compiled")
+    block = our_block(cfgs, train_images, tmp_path, compile_may_fail=True)
+    run(benchmark, block, f"train ref 784-256-256 z128 {family}", side, STEPS * BATCH, rounds=TRAIN_ROUNDS)
+    benchmark.extra_info.update(parameters=parameter_count(build_vae(model)), compile_error=block.compile_error)
 
 
 @pytest.mark.parametrize("side", ["ours", "ours-compiled"])

@@ -8,12 +8,14 @@ outputs (`context_dim`) it consumes. A new family is one module here and one
 entry in `POSTERIORS`; the registry (`vae_core.registry`) resolves names.
 """
 
+from vae_core.flows.zuko import FLOWS as ZUKO_FLOWS
 from vae_core.posteriors.base import FlowPosterior, MeanFieldPosterior, Posterior, gaussian_from_noise, standard_normal
 from vae_core.posteriors.householder import HouseholderPosterior
 from vae_core.posteriors.iaf import IAFPosterior
 from vae_core.posteriors.planar import PlanarPosterior
 from vae_core.posteriors.sylvester import (HouseholderSylvesterPosterior, OrthogonalSylvesterPosterior,
                                            SylvesterPosterior, TriangularSylvesterPosterior)
+from vae_core.posteriors.zuko import ZukoPosterior
 
 POSTERIORS: dict[str, type[Posterior]] = {
     "mean-field": MeanFieldPosterior,
@@ -23,8 +25,10 @@ POSTERIORS: dict[str, type[Posterior]] = {
     "sylvester-orthogonal": OrthogonalSylvesterPosterior,
     "sylvester-householder": HouseholderSylvesterPosterior,
     "sylvester-triangular": TriangularSylvesterPosterior,
+    **{name: ZukoPosterior.of(flow) for name, flow in ZUKO_FLOWS.items()},
 }
 
 __all__ = ["POSTERIORS", "Posterior", "MeanFieldPosterior", "FlowPosterior", "IAFPosterior", "PlanarPosterior",
            "HouseholderPosterior", "SylvesterPosterior", "OrthogonalSylvesterPosterior",
-           "HouseholderSylvesterPosterior", "TriangularSylvesterPosterior", "gaussian_from_noise", "standard_normal"]
+           "HouseholderSylvesterPosterior", "TriangularSylvesterPosterior", "ZukoPosterior", "gaussian_from_noise",
+           "standard_normal"]
