@@ -107,7 +107,6 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
 
 def stack_problem(cfg: RunConfig) -> str:
     """'' if runs of this model can share a stack, else why not (`vae_core.probes.functorch_problem`)."""
-
     return functorch_problem(cfg.model)
 
 

@@ -256,10 +256,8 @@ class StackFunctions:
             eager = self.eager[name] = _on_rows(fn, in_dims, self.stack_problem)
             if not compile:
                 return eager
-            if name == "train_step" and self.cuda_graphs:
-                return _Fallback(compile_fn(_on_rows(fn, in_dims, self.stack_problem), name, "reduce-overhead"),
-                                 eager, self, name)
-            return _Fallback(compile_fn(_on_rows(fn, in_dims, self.stack_problem), name), eager, self, name)
+            mode = "reduce-overhead" if name == "train_step" and self.cuda_graphs else "default"
+            return _Fallback(compile_fn(_on_rows(fn, in_dims, self.stack_problem), name, mode), eager, self, name)
 
         step = partial(train_step, model, layout, optimizer, options=options)
         self.train_step = wrap("train_step", step, (0,) * 9)
