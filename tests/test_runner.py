@@ -446,7 +446,7 @@ def test_compile_failure_falls_back_to_eager_with_the_same_numbers(small_grid, t
     grid, _, data_dir = small_grid
     eager = execute_run(_task(grid, tmp_path / "eager", data_dir))
 
-    def broken_compile(fn, name):
+    def broken_compile(fn, name, mode="default"):
         def fail(*args):
             raise RuntimeError("inductor: no working C++ compiler\nsecond line")
         return fail

@@ -68,7 +68,7 @@ def fake_compile(first_call_delay: float = 0.0, log_weight: Callable | None = No
     replaced by `log_weight` if given."""
 
     def make(_original: Callable) -> Callable:
-        def compile_fn(fn: Callable, name: str) -> Callable:
+        def compile_fn(fn: Callable, name: str, mode: str = "default") -> Callable:
             if name == "log_weight" and log_weight is not None:
                 return log_weight
             if name != "train_step":
