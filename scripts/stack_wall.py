@@ -104,7 +104,6 @@ def spans():
 
     stack_module.StackFunctions.__init__ = init
     patches.append((stack_module.StackFunctions, "__init__", original_init))
-    wrap(S, "run", "stack.run (all)")
     try:
         yield
     finally:
