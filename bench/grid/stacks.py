@@ -25,10 +25,12 @@ PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_c
                 "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys
                 "train.patience_after_warmup")
 
-# `--stack auto` on the CPU: never. By the wall clock (scripts/stack_wall.py: 9 runs, Δwall of a 1000- and a
-# 200-step grid, compile caches warmed, 2-core CPU), the best case of the step-only benchmark (IAF at 784-256 z32,
-# 1.38x in tests/benchmarks/test_stacked.py) trains at 0.90x stacked, every other family there gained nothing
-# even step-only: one run's matmuls already keep both cores busy. `--stack N` still stacks on the CPU.
+# `--stack auto` on the CPU: stack only where it was measured to pay. 9 runs stacked vs one at a time, both
+# compiled, 2-core CPU (tests/benchmarks/test_stacked.py): autoregressive flows at the quick width gain (IAF
+# posterior 1.38x, MAF prior 1.19x at 784-256 z32, ~0.45M parameters per run); every other family there and
+# every family at the reference width (0.6-1.1M parameters) gains nothing or loses (0.43-0.98x).
+CPU_AUTO_MAX_PARAMS = 500_000
+CPU_AUTO_SIZE = 9
 CUDA_AUTO_SIZE = 64  # one run is launch-bound on a GPU: stack a whole group (memory permitting)
 
 
@@ -72,8 +74,10 @@ def auto_size(cfg: RunConfig, n_params: int, device: str) -> tuple[int, str]:
     """The stack size `--stack auto` picks for a group, and why."""
     if device == "cuda":
         return CUDA_AUTO_SIZE, "auto: GPU, one run is launch-bound"
-    return 1, (f"auto: CPU, {n_params:,} parameters per run: stacking measured not to pay by the wall clock "
-               "(docs/speed.md; --stack N forces it)")
+    flow = cfg.model.posterior == "iaf" or cfg.model.prior == "flow"
+    if flow and n_params <= CPU_AUTO_MAX_PARAMS:
+        return CPU_AUTO_SIZE, f"auto: CPU, autoregressive flow, {n_params:,} parameters per run: stacking pays"
+    return 1, f"auto: CPU, {n_params:,} parameters per run: stacking measured not to pay"
 
 
 def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[StackPlan]:
