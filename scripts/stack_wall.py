@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -60,6 +61,18 @@ valid_iw_samples = 2
 SPANS = defaultdict(float)
 
 
+def timed(fn, label: str):
+    """fn, adding its wall seconds to SPANS[label] at every call."""
+    def call(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SPANS[label] += time.perf_counter() - t0
+
+    return call
+
+
 @contextlib.contextmanager
 def spans():
     """Time the stack's phases: each wrapped method adds its wall seconds to SPANS[name]."""
@@ -67,15 +80,7 @@ def spans():
 
     def wrap(owner, name, label):
         original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                SPANS[label] += time.perf_counter() - t0
-
-        setattr(owner, name, timed)
+        setattr(owner, name, timed(original, label))
         patches.append((owner, name, original))
 
     S = stack_module.Stack
@@ -91,16 +96,7 @@ def spans():
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        fn = self.train_step
-
-        def timed(*a):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a)
-            finally:
-                SPANS["step: step function"] += time.perf_counter() - t0
-
-        self.train_step = timed
+        self.train_step = timed(self.train_step, "step: step function")
 
     stack_module.StackFunctions.__init__ = init
     patches.append((stack_module.StackFunctions, "__init__", original_init))
@@ -113,7 +109,7 @@ def spans():
 
 def run_once(grid: Path, results: Path, data_dir: Path | None, stack: str) -> float:
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(open("/dev/null", "w")):
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         code = run_grid_command(grid, results, data_dir, "cpu", 1, False, stack)
     if code:
         raise SystemExit(f"grid {grid} failed (exit {code}), see {results}")
@@ -143,7 +139,7 @@ def main() -> None:
         grids[steps].write_text(grid_text(args.family, args.arch, steps))
     examples = 9 * (args.long - args.short) * 128
     print(f"{args.family} {args.arch}: 9 runs, {args.short} vs {args.long} steps, batch 128")
-    print("| stack | Δwall s | wall ex/s | Δ rows' train s | rows' ex/s | rows / wall |")
+    print("| stack | Δwall s | wall ex/s | Δ rows' train s | rows' ex/s | wall / rows |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     breakdown = {}
     for size in sizes:
