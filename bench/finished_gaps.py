@@ -22,7 +22,7 @@ from bench.grid.config import DataConfig, EvalConfig
 from bench.rows import write_row
 from bench.storage import ResultsLayout
 from bench.tasks import eval_sets, pick_device
-from bench.training.gaps import gap_figures
+from bench.training.gaps import TWO_LAYER_NOTE, gap_figures
 from vae_core import CheckpointError, load_vae
 from vae_core.data import check_data_dir, load_dataset
 
@@ -58,6 +58,10 @@ def gaps_command(results: Path, data_dir: Path | None, device: str = "auto", out
         for path in paths:
             row = pd.read_parquet(path).iloc[0].to_dict()
             if row.get("status") != "completed" or has_gaps(row):
+                skipped += 1
+                continue
+            if row.get("model.layers", 1) != 1:
+                print(f"{row['run_id']}: skipped ({TWO_LAYER_NOTE})", file=out)
                 skipped += 1
                 continue
             data, ev = _section(row, DataConfig, "data"), _section(row, EvalConfig, "eval")

@@ -17,12 +17,14 @@ from bench.grid.config import DataConfig, RunConfig
 from bench.quiet import quiet_torch
 from bench.rows import result_row, run_figures, write_row
 from bench.storage import ResultsLayout
+from bench.training.evaluate import TEST_SEED_OFFSET
 from bench.training.gaps import gap_figures
 from bench.training.run import RunData
 from bench.training.stack import ProgressFn, Stack
 from vae_core import load_vae
 from vae_core.data import DataError, binarize, load_dataset
 from vae_core.data.catalog import get_spec
+from vae_core.layer_diagnostics import layer_figures
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,10 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
         stack = Stack(list(task.configs), data, layout, device, on_progress, started=wall0)
         stack.load_states()
         for run, test in stack.run():
-            gaps = run_gaps(run.cfg, layout, data.test, device) if test is not None and run.cfg.eval.gaps else {}
-            record(run.cfg, {**run_figures(run, stack, data, test), **gaps})  # wall_seconds counts the gaps
+            tested = test is not None
+            gaps = run_gaps(run.cfg, layout, data.test, device) if tested and run.cfg.eval.gaps else {}
+            layers = run_layers(run.cfg, layout, data.test, device) if tested and run.cfg.model.layers == 2 else {}
+            record(run.cfg, {**run_figures(run, stack, data, test), **gaps, **layers})  # wall_seconds counts both
     except DataError as err:
         error = {"error": str(err)}
     except Exception as err:  # a run's failure is recorded; the grid goes on
@@ -128,6 +132,14 @@ def execute_task(task: RunTask, on_progress: ProgressFn | None = None, write: bo
 def run_gaps(cfg: RunConfig, layout: ResultsLayout, test: torch.Tensor, device: torch.device) -> dict:
     """The gap columns of a run (`bench.training.gaps`), from its checkpoint file: the weights it was tested with."""
     return gap_figures(load_vae(layout.checkpoint(cfg.run_id), map_location=device), test, cfg.eval)
+
+
+def run_layers(cfg: RunConfig, layout: ResultsLayout, test: torch.Tensor, device: torch.device) -> dict:
+    """A two-layer run's per-layer KL and active units (`vae_core.layer_diagnostics`) on its test images, from its
+    checkpoint, with `eval.gap_au_samples` draws per image seeded like its test evaluation."""
+    g = torch.Generator(device=device).manual_seed(cfg.train.seed + TEST_SEED_OFFSET)
+    model = load_vae(layout.checkpoint(cfg.run_id), map_location=device)
+    return layer_figures(model, test, cfg.eval.gap_au_samples, g, batch=100)
 
 
 def execute_run(task: RunTask, on_progress: ProgressFn | None = None) -> dict:

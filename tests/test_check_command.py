@@ -20,8 +20,8 @@ def lines_with(output: str, result: str) -> list[str]:
 def test_a_builtin_passes_with_a_table_of_numbers():
     res = invoke("posterior", "mean-field")
     assert res.exit_code == 0, res.output
-    assert "posterior 'mean-field' (builtin)" in res.output and "all 8 checks passed" in res.output
-    assert len(lines_with(res.output, "pass")) == 8 and not lines_with(res.output, "FAIL")
+    assert "posterior 'mean-field' (builtin)" in res.output and "all 10 checks passed" in res.output
+    assert len(lines_with(res.output, "pass")) == 10 and not lines_with(res.output, "FAIL")
     assert "[k, B, D]" in res.output  # shapes are printed, not swallowed as markup
 
 

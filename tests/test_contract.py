@@ -66,7 +66,10 @@ def test_family_contract(kind, name):
     """Every check of `vaebench check KIND NAME` passes (compiled = eager is covered by tests/test_fast_path.py)."""
     checks = contract.CHECKS[kind](name)
     assert not failures(checks), "; ".join(failures(checks))
-    assert sum(c.passed is True for c in checks) >= len(checks) - 2  # at most the compile and n/a notes
+    notes = [c for c in checks if c.passed is None]
+    stacked = [c for c in notes if "stacked" in c.name]
+    assert all("not stackable" in c.value for c in stacked)  # a family outside torch.func: its runs train alone
+    assert len(notes) - len(stacked) <= 2  # besides: at most the compile and n/a notes
 
 
 class OffByConstantPrior(StandardNormalPrior):

@@ -10,7 +10,7 @@ from bench.grid.config import DataConfig, EvalConfig, RunConfig, TrainConfig
 from vae_core.config import ConfigError, ModelConfig
 from vae_core.distributions import bernoulli_log_prob
 from vae_core.likelihoods import LIKELIHOODS, DiscretizedLogistic, discretized_logistic_log_prob
-from vae_core.vae import build_vae
+from vae_core.models import build_vae
 
 VALUES = torch.arange(256, dtype=torch.float64) / 255  # every 8-bit value of a pixel, [256]
 MEANS = (-3.0, 0.0, 1e-9, 0.3, 0.5, 1.0, 4.0)

@@ -15,7 +15,7 @@ from bench.report import images as images_module
 from bench.report.images import tile
 from bench.storage import ResultsLayout
 from tests.test_report import grid_rows, quiet, row, write_results
-from vae_core.vae import build_vae
+from vae_core.models import build_vae
 
 # frey-faces: variants "a" and "c", three seeds each (test IW log p(x) per seed). "c" exists only here: pooled with
 # the MNIST runs of "a" its Δ would be about +1700 nats instead of the within-dataset +8.33.

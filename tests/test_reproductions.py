@@ -145,6 +145,10 @@ def test_reproduce_configs_resolve_to_the_published_protocols():
             assert cfg.train == replace(same.train, max_steps=2000 * steps_per_epoch, eval_every=steps_per_epoch,
                                         kl_warmup_steps=100 * steps_per_epoch)
             assert cfg.eval == same.eval
+    for variant in ("standard", "vamp"):  # the HVAE: the one-layer protocol with a second layer of 40
+        cfg, same = by_grid["vampprior-hvae", variant], by_variant[variant]
+        assert cfg.model == replace(same.model, layers=2, top_latent_dim=40)
+        assert (cfg.train, cfg.eval, cfg.data) == (same.train, same.eval, same.data)
 
 
 def test_an_unconfirmed_published_value_is_shown_as_such_and_never_subtracted():

@@ -25,6 +25,7 @@ from bench.training.run import RunData
 from bench.training.stack import Stack
 from tests.conftest import DEVICES
 from tests.families import PAIRS
+from vae_core.probes import functorch_problem
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = PAIRS
@@ -41,9 +42,9 @@ PER_RUN = [(0, 1e-4, 0, 0.0), (1, 3e-4, 20, 0.0), (2, 1e-3, 0, 0.5)]
 FAMILY_MODEL_KEYS = {"sylvester-householder": {"posterior_householder_reflections": 2}}
 
 
-def configs(posterior: str, prior: str, optimizer: str, per_run=PER_RUN, **train):
+def configs(posterior: str, prior: str, optimizer: str, per_run=PER_RUN, model_keys: dict | None = None, **train):
     model = {"hidden": [8], "latent_dim": 3, "posterior": posterior, "prior": prior, "prior_components": 3,
-             **FAMILY_MODEL_KEYS.get(posterior, {})}
+             **FAMILY_MODEL_KEYS.get(posterior, {}), **(model_keys or {})}
     keys = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_clip", "train.patience")
     variants = [{"name": f"r{i}", **dict(zip(keys, values))} for i, values in enumerate(per_run)]
     return parse_grid({"name": "s", "model": model,
@@ -82,6 +83,15 @@ def test_iwae_objective_and_lr_schedule_train_in_a_stack_exactly_as_alone(float6
     normalization (each run's tensors normalized by their own norms)."""
     cfgs = configs(posterior, prior, "adam", objective="iwae", objective_samples=4, lr_schedule="exponential",
                    lr_decay=1e-3, optimizer_eps=1e-4, grad_normalize="per-tensor")
+    assert_stack_trains_as_alone(cfgs, tmp_path, "cpu")
+
+
+@pytest.mark.parametrize("posterior,prior", [("mean-field", "vamp"), ("iaf", "standard"), ("sylvester-orthogonal", "mog"),
+                                           ("nsf", "flow")])
+def test_two_layer_runs_train_in_a_stack_exactly_as_alone(float64, one_thread, tmp_path, posterior, prior):
+    """A hierarchical model (z1: 3, z2: 2) is one more flat parameter vector: stacked = alone as for one layer."""
+    cfgs = configs(posterior, prior, "adam", model_keys={"layers": 2, "top_latent_dim": 2})
+    assert cfgs[0].model.noise_dim == 5 and functorch_problem(cfgs[0].model) == ""  # really stacked
     assert_stack_trains_as_alone(cfgs, tmp_path, "cpu")
 
 

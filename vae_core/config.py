@@ -114,6 +114,9 @@ class ModelConfig:
     architecture: str = choice("mlp", ("mlp", "conv", "gated-conv"))
     hidden: list[int] = (256, 256)
     latent_dim: int = 32
+    layers: int = choice(1, (1, 2))
+    top_latent_dim: int = 0
+    top_hidden: list[int] = ()
     posterior: str = "mean-field"
     posterior_flow_steps: int = 2
     posterior_orthogonal_vectors: int = 0
@@ -141,6 +144,7 @@ class ModelConfig:
 
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        object.__setattr__(self, "top_hidden", tuple(self.top_hidden))
         need(self.data_dim >= 1, "data_dim", f"must be >= 1; got {self.data_dim}")
         need(len(self.image_shape) == 2 and min(self.image_shape) >= 1, "image_shape",
              f"must be [height, width] with both >= 1; got {list(self.image_shape)}")
@@ -150,6 +154,11 @@ class ModelConfig:
         need(height * width == self.data_dim, "image_shape",
              f"= {list(self.image_shape)} has {height * width} pixels but 'model.data_dim' is {self.data_dim}")
         need(self.latent_dim >= 1, "latent_dim", f"must be >= 1; got {self.latent_dim}")
+        need(self.top_latent_dim >= 0, "top_latent_dim", f"must be >= 1 (0 = latent_dim); got {self.top_latent_dim}")
+        need(all(h >= 1 for h in self.top_hidden), "top_hidden", f"sizes must be >= 1; got {list(self.top_hidden)}")
+        need(self.layers == 2 or (self.top_latent_dim == 0 and not self.top_hidden), "top_latent_dim",
+             "and 'model.top_hidden' need 'model.layers' = 2")
+        need(self.layers == 1 or self.kl == "mc", "kl", "= 'analytic' needs 'model.layers' = 1")
         need(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1; got {list(self.hidden)}")
         need(self.posterior_flow_steps >= 1, "posterior_flow_steps", f"must be >= 1; got {self.posterior_flow_steps}")
         need(0 <= self.posterior_orthogonal_vectors <= self.latent_dim, "posterior_orthogonal_vectors",
@@ -187,6 +196,17 @@ class ModelConfig:
         latent_dim): the official code's 8, but never more than D, since any D x D orthogonal matrix is a product
         of at most D reflections and more only make Q's gradient worse conditioned)."""
         return self.posterior_householder_reflections or min(8, self.latent_dim)
+
+    @property
+    def top_dim(self) -> int:
+        """D2, the top latent layer's size (two-layer models; top_latent_dim, 0 = latent_dim); 0 for one layer."""
+        return (self.top_latent_dim or self.latent_dim) if self.layers == 2 else 0
+
+    @property
+    def noise_dim(self) -> int:
+        """The standard-normal noise per sample that drives the posterior: z1's D, plus z2's D2 with two layers
+        (noise [k, B, D + D2], split as [eps1, eps2])."""
+        return self.latent_dim + self.top_dim
 
     @property
     def made_hidden(self) -> int:

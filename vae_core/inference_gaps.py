@@ -181,12 +181,20 @@ class GapFigures:
         return self.elbo_local_opt - self.elbo
 
 
+def refuse_two_layers(model: VAE) -> None:
+    """The decomposition and diagnostics here fit and read one latent layer: a two-layer model is refused."""
+    if model.config.layers != 1:
+        raise ValueError("inference gaps are defined here for one-layer models; got model.layers = "
+                         f"{model.config.layers} (see vae_core.layer_diagnostics for its per-layer figures)")
+
+
 def inference_gaps(model: VAE, x: torch.Tensor, fit: LocalFit, seed: int, iw_samples: int,
                    elbo_samples: int) -> GapFigures:
     """The decomposition for the images x [B, P]. Every ELBO is estimated with the same `elbo_samples`
     noise draws (common random numbers: their differences are less noisy). For a mean-field model the FFG fit
     is the family's fit (the same problem), so it is not run twice; otherwise it starts from the Gaussian with
     the mean and sd of the encoder's q(z|x)."""
+    refuse_two_layers(model)
     gen = lambda offset: torch.Generator(device=x.device).manual_seed(seed + offset)  # noqa: E731
     family, ffg = family_log_weight(model), ffg_log_weight(model)
     init = encoder_params(model, x)
@@ -229,6 +237,7 @@ def posterior_diagnostics(model: VAE, x: torch.Tensor, samples: int, seed: int, 
     kl_per_dim: E_x KL(N(loc_u, scale_u^2) || N(0, 1)) of the encoder's Gaussian head (before any flow),
     per unit; for a mean-field family and standard prior it sums to the ELBO's KL term.
     """
+    refuse_two_layers(model)
     gen = torch.Generator(device=x.device).manual_seed(seed + DIAG_SEED)
     means, noise, kls = [], [], []
     for start in range(0, x.shape[0], batch):

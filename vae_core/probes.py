@@ -9,7 +9,7 @@ from torch.func import functional_call, grad, vmap
 
 from vae_core.config import ModelConfig
 from vae_core.registry import resolve
-from vae_core.vae import VAE
+from vae_core.models import build_vae
 
 _CHECKED: set[tuple] = set()
 _FUNCTORCH: dict[tuple, str] = {}
@@ -30,7 +30,7 @@ def check_model(cfg: ModelConfig) -> None:
     if key in _CHECKED:
         return
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-        VAE(cfg)
+        build_vae(cfg)
     _CHECKED.add(key)
 
 
@@ -42,9 +42,9 @@ def functorch_problem(cfg: ModelConfig) -> str:
     key = _key(cfg)
     if key not in _FUNCTORCH:
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-            model = VAE(cfg)
+            model = build_vae(cfg)
             stacked = {n: torch.stack([p.detach(), p.detach()]) for n, p in model.named_parameters()}
-            x, eps = torch.zeros(2, cfg.data_dim), torch.zeros(1, 2, cfg.latent_dim)  # [B, P], [k, B, D]
+            x, eps = torch.zeros(2, cfg.data_dim), torch.zeros(1, 2, cfg.noise_dim)  # [B, P], [k, B, D]
 
             def elbo(params: dict[str, torch.Tensor]) -> torch.Tensor:
                 reconstruction, kl = functional_call(model, params, (x, eps))  # [B] each

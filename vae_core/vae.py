@@ -4,12 +4,12 @@ combined into per-pair classes). Estimators are in nats per input; the config tr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from vae_core.config import ConfigError, ModelConfig, to_dict
+from vae_core.config import ModelConfig, to_dict
 from vae_core.distributions import kl_normal_std_normal
 from vae_core.estimators import iw_chunk_size, streaming_iw_bound
 from vae_core.likelihoods import likelihood_for
@@ -24,10 +24,6 @@ CHECKPOINT_FORMAT = "vaebench-vae/1"
 LogWeightFn = Callable[["VAE", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class CheckpointError(ValueError):
-    """A model file is missing, corrupt or not a vaebench model."""
-
-
 class VAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -39,8 +35,8 @@ class VAE(nn.Module):
         self.prior = build_prior(config, self.encoder)
 
     def noise(self, k: int, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The standard-normal noise [k, B, D] behind k posterior samples for each row of x [B, P]."""
-        return standard_normal(k, x.new_empty(x.shape[0], self.config.latent_dim), generator)
+        """The standard-normal noise [k, B, D] (`noise_dim`) behind k posterior samples for each row of x [B, P]."""
+        return standard_normal(k, x.new_empty(x.shape[0], self.config.noise_dim), generator)
 
     def log_weights(self, x: torch.Tensor, k: int = 1, generator: torch.Generator | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +102,7 @@ class VAE(nn.Module):
 
         def chunks():
             for start in range(0, k, chunk):
-                eps = standard_normal(min(chunk, k - start), loc, generator)  # [c, B, D]
+                eps = self.noise(min(chunk, k - start), x, generator)  # [c, B, D]
                 yield log_weight(self, x, loc, scale, context, eps)  # [c, B]
 
         return streaming_iw_bound(chunks())
@@ -151,32 +147,3 @@ class VAE(nn.Module):
         """Weights and config in one file (read back with `load_vae`)."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         torch.save({"format": CHECKPOINT_FORMAT, "config": to_dict(self.config), "state_dict": state}, path)
-
-
-def build_vae(config: ModelConfig | Mapping[str, Any]) -> VAE:
-    """A VAE from a ModelConfig or a plain dict of `[model]` keys (plus data_dim); bad keys raise ConfigError."""
-    return VAE(ModelConfig.parse(config))
-
-
-def load_vae(path: str | Path, map_location: str | torch.device = "cpu") -> VAE:
-    """The model saved by `VAE.save`, loaded with `torch.load(weights_only=True)`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not a vaebench model (format {CHECKPOINT_FORMAT!r} expected)")
-    try:
-        model = build_vae(blob["config"])
-        # The model is built in the default dtype; cast it to the dtype it was saved in first, or load_state_dict
-        # would silently copy float64 weights into float32 parameters.
-        saved_dtypes = {v.dtype for v in blob["state_dict"].values() if v.is_floating_point()}
-        if len(saved_dtypes) == 1:
-            model.to(saved_dtypes.pop())
-        model.load_state_dict(blob["state_dict"])
-    except (ConfigError, RuntimeError, KeyError, AttributeError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {path} does not match its config: {str(err).splitlines()[0]}") from None
-    return model.to(map_location)

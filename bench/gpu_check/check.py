@@ -206,7 +206,7 @@ def same_noise_max_abs(tiny_cuda: Path, data_dir: str | None, images: int = 256,
     if not checkpoint.exists():
         return math.nan
     x = load_dataset(cfg.data.dataset, data_dir).test[:images]  # [B, P]
-    eps = torch.randn((k, x.shape[0], cfg.model.latent_dim), generator=torch.Generator(device="cpu").manual_seed(0),
+    eps = torch.randn((k, x.shape[0], cfg.model.noise_dim), generator=torch.Generator(device="cpu").manual_seed(0),
                       device="cpu")  # [k, B, D]
     weights = []
     with torch.no_grad():

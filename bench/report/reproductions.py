@@ -65,6 +65,11 @@ PUBLISHED: tuple[Published, ...] = (
           ("vampprior-frey", "frey-faces", _VAMP_NOTES + "; pseudo-inputs drawn around 0.05 (code: 0.8); "
            "discretized logistic with 1/255 bins and tailed edge bins (code: 1/256 bins, no tails)"))
       for variant, what in (("standard", "one-layer VAE, standard prior"), ("vamp", "one-layer VAE, VampPrior K=500"))),
+    *(Published("vampprior-hvae", variant, math.nan, f"Tomczak & Welling 2018, Table 2, HVAE (L = 2), {what} "
+                "(UNVERIFIED: the value could not be read from the paper here)", "≤ 2000 epochs, early stopping 50",
+                _VAMP_NOTES + "; q(z1|x, z2) and p(x|z1, z2) join their inputs by a sum at the first gated layer "
+                "(code: separate gated towers, concatenated)")
+      for variant, what in (("standard", "standard prior"), ("vamp", "VampPrior K=500 on z2"))),
 )
 
 _SYLVESTER_NOTES = ("warm-up linear per step from 0 (code: per-epoch staircase from 0.01); exact Bernoulli logits "

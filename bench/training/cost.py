@@ -74,7 +74,7 @@ def counted(fn: Callable, *args) -> tuple[int, int]:
 
 
 def step_cost(train_step: Callable, log_weight: Callable, encode: Callable, args: tuple, x: torch.Tensor,
-              latent_dim: int) -> dict[str, float]:
+              noise_dim: int) -> dict[str, float]:
     """The cost columns of one run. `args` are the stack's train-step arguments for that run alone (R = 1:
     flat, state, t, batch [1, B, P], eps [1, k, B, D], lr, warmup, clip, active); x [B', P] test-like images.
     The functions are the stack's eager ones; their inputs are not modified."""
@@ -86,7 +86,7 @@ def step_cost(train_step: Callable, log_weight: Callable, encode: Callable, args
         loc, scale, context = encode(flat, x)
 
         def weights(k: int) -> tuple[int, int]:
-            eps = torch.randn(1, k, x.shape[0], latent_dim, generator=g, device=x.device, dtype=x.dtype)
+            eps = torch.randn(1, k, x.shape[0], noise_dim, generator=g, device=x.device, dtype=x.dtype)
             return counted(log_weight, flat, x, loc, scale, context, eps)
 
         (one_f, one_e), (two_f, two_e) = weights(1), weights(2)

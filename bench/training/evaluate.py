@@ -34,7 +34,7 @@ def evaluate(fns: StackFunctions, params: torch.Tensor, x: torch.Tensor, seeds: 
     sums = x.new_zeros(3, n_runs, dtype=torch.float64)  # reconstruction, kl, iw_log_px; on the device: no sync
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]  # [B, P]
-        like = xb.new_empty(xb.shape[0], model.config.latent_dim)  # [B, D]
+        like = xb.new_empty(xb.shape[0], model.config.noise_dim)  # [B, D]
         eps = torch.stack([standard_normal(elbo_samples, like, g) for g in gens])  # [R, k, B, D]
         reconstruction, kl = fns.elbo_terms(params, xb, eps)  # [R, B] each
         sums[0] += reconstruction.sum(-1).double()

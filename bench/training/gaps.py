@@ -8,6 +8,7 @@ figures of a run do not depend on how (or in which stack) it was trained or when
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import torch
@@ -19,6 +20,10 @@ from vae_core.inference_gaps import LocalFit, inference_gaps, posterior_diagnost
 GAP_COLUMNS = ("gap_iw_log_px", "gap_iw_log_px_encoder", "gap_elbo", "elbo_local_opt", "elbo_local_opt_ffg",
                "approximation_gap", "amortization_gap", "inference_gap", "gap_fit_steps", "gap_fit_capped",
                "active_units", "mean_kl", "kl_per_dim", "gap_images", "gap_seconds")
+
+
+TWO_LAYER_NOTE = ("not computed for a two-layer model: the decomposition fits a local q* over one latent layer; "
+                  "a joint fit over (z1, z2) is not implemented")
 
 
 def local_fit(ev: EvalConfig) -> LocalFit:
@@ -37,14 +42,17 @@ def gap_subset(test: torch.Tensor, ev: EvalConfig) -> torch.Tensor:
 
 def gap_figures(model: VAE, test: torch.Tensor, ev: EvalConfig) -> dict:
     """The gap columns (GAP_COLUMNS) of a trained model on its run's test images [M, P]: the decomposition on
-    the gap subset, the active units and the KL per dimension (a JSON list) over all M test images."""
+    the gap subset, the active units and the KL per dimension (a JSON list) over all M test images. A two-layer
+    model gets only `gap_note` (TWO_LAYER_NOTE): no gap figure rather than a wrong one."""
+    if model.config.layers != 1:
+        return {**{c: math.nan for c in GAP_COLUMNS}, "kl_per_dim": "", "gap_note": TWO_LAYER_NOTE}
     t0 = time.perf_counter()
     x = gap_subset(test, ev)
     figures = summarize(inference_gaps(model, x, local_fit(ev), ev.gap_seed, ev.iw_samples, ev.gap_elbo_samples))
     figures["mean_kl"] = _mean_kl(model, x, ev)
     diag = posterior_diagnostics(model, test, ev.gap_au_samples, ev.gap_seed)
     figures.update(active_units=diag["active_units"], kl_per_dim=json.dumps(diag["kl_per_dim"]),
-                   gap_images=x.shape[0], gap_seconds=time.perf_counter() - t0)
+                   gap_images=x.shape[0], gap_seconds=time.perf_counter() - t0, gap_note="")
     return figures
 
 

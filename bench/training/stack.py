@@ -104,7 +104,7 @@ class Stack:
             batch = torch.stack([run.next_batch() for run in live])  # [R, B, P]
         else:
             batch = self.data.train[torch.stack([run.next_indices() for run in live])]  # [R, B, P]
-        like = batch.new_empty(batch.shape[1], self.template.config.latent_dim)  # [B, D]
+        like = batch.new_empty(batch.shape[1], self.template.config.noise_dim)  # [B, D]
         k = live[0].cfg.train.objective_samples
         eps = torch.stack([standard_normal(k, like, run.gen_noise) for run in live])  # [R, k, B, D]
         args = (self.flat, self.opt_state, self.t, batch, eps, self.lr, self.warmup, self.clip, self.active)
@@ -156,7 +156,7 @@ class Stack:
         batch = self.data.train[:b][None]  # [1, B, P]
         k = self.runs[0].cfg.train.objective_samples
         g = torch.Generator(device=self.device).manual_seed(COST_SEED)
-        eps = torch.randn(1, k, batch.shape[1], self.template.config.latent_dim, generator=g, device=self.device,
+        eps = torch.randn(1, k, batch.shape[1], self.template.config.noise_dim, generator=g, device=self.device,
                           dtype=batch.dtype)  # [1, k, B, D]
         x = self.data.test[:b] if self.data.test.shape[0] else self.data.train[:b]  # [B', P]
         eager = self.fns.eager
@@ -166,7 +166,7 @@ class Stack:
             args = (flat, self.optimizer.init(flat), self.t.new_zeros(1), batch, eps, self.lr[one], self.warmup[one],
                     self.clip[one], self.active[one])
             run.cost = step_cost(eager["train_step"], eager["log_weight"], eager["encode"], args, x,
-                                 self.template.config.latent_dim)
+                                 self.template.config.noise_dim)
         self._initial_flat = None
 
     def run(self) -> Iterator[tuple[Run, dict | None]]:

@@ -13,7 +13,8 @@ from torch.autograd.functional import jacobian
 
 from vae_core.distributions import std_normal_log_prob
 from vae_core.probes import clip, functorch_problem
-from vae_core.vae import VAE, build_vae
+from vae_core.models import build_vae
+from vae_core.vae import VAE
 
 LOGDET_TOL = 1e-6  # claimed log-det vs log|det J| (float64)
 Q_MASS_TOL = 1e-3  # |integral of q - 1|: the substituted integrand is smooth, the midpoint rule near exact
@@ -53,17 +54,19 @@ def default_float64() -> Iterator[None]:
 
 
 def perturbed_model(posterior: str = "mean-field", prior: str = "standard", latent_dim: int = 2, seed: int = 0,
-                    std: float = 0.3) -> VAE:
-    """A float64 VAE (data_dim 4, hidden [16]) whose every parameter has seeded N(0, std^2) noise added; the
+                    std: float = 0.3, layers: int = 1) -> VAE:
+    """A float64 VAE (data_dim 4, hidden [16]; `layers` 2: z1 and z2 both latent_dim) whose every parameter has seeded N(0, std^2) noise added; the
     caller's global random state is left as it was. A family adapted from another library whose initialisation
     is tuned (`contract_relative_perturbation`: zuko's flows, whose monotonic networks' weights are ~0.1) gets
     noise relative to each tensor's scale instead, std x max(rms, 0.05): an absolute 0.3 sends their samples
     to |z| ~ 400, far from any trained model."""
     with default_float64(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        two = {"layers": 2, "top_latent_dim": latent_dim} if layers == 2 else {}
         model = build_vae({"data_dim": 4, "latent_dim": latent_dim, "posterior": posterior, "prior": prior,
-                           "hidden": [16], "prior_components": 5})
-        relative = {id(p) for family in (model.posterior, model.prior)
+                           "hidden": [16], "prior_components": 5, **two})
+        families = (model.posterior, model.prior, getattr(model, "bottom_posterior", model.posterior))
+        relative = {id(p) for family in families
                     if getattr(family, "contract_relative_perturbation", False) for p in family.parameters()}
         g = gen(seed + 1)
         with torch.no_grad():
@@ -176,24 +179,23 @@ def guarded(name: str, bound: str, fn: Callable[[], Check]) -> Check:
         return Check(name, f"raised {type(err).__name__}: {text}"[:160], bound, False)
 
 
-def check_iw_above_elbo(model: VAE) -> Check:
+def check_iw_above_elbo(model: VAE, name: str = "IW log p(x) >= ELBO (same 64 draws)") -> Check:
     x = inputs()
     with torch.no_grad():
         iw = model.iw_log_px(x, k=64, chunk=64, generator=gen(3))  # [B]
         elbo = model.elbo(x, k=64, generator=gen(3))  # [B], the same 64 draws
     gap = (iw - elbo).min().item()
-    return Check("IW log p(x) >= ELBO (same 64 draws)", f"min gap {gap:.3g} nats", ">= 0",
-                 bool(torch.isfinite(iw).all()) and gap >= -1e-12)
+    return Check(name, f"min gap {gap:.3g} nats", ">= 0", bool(torch.isfinite(iw).all()) and gap >= -1e-12)
 
 
-def check_stacked(posterior: str, prior: str) -> Check:
+def check_stacked(posterior: str, prior: str, layers: int = 1,
+                  name: str = "stacked (vmap over 3 runs) = alone") -> Check:
     """3 runs' log-densities through one vmap over stacked parameters = each run alone (float64); a family that
     does not run under torch.func is a note: its runs are never stacked."""
-    models = [perturbed_model(posterior, prior, seed=s) for s in range(3)]
+    models = [perturbed_model(posterior, prior, seed=s, layers=layers) for s in range(3)]
     problem = functorch_problem(models[0].config)
     if problem:
-        return Check("stacked (vmap over 3 runs) = alone", f"not stackable ({clip(problem, 60)}): runs train alone",
-                     f"<= {STACK_RTOL:g}", None)
+        return Check(name, f"not stackable ({clip(problem, 60)}): runs train alone", f"<= {STACK_RTOL:g}", None)
     params, buffers = torch.func.stack_module_state(models)
     x, eps = inputs(), models[0].noise(K, inputs(), gen(4))  # [B, P], [K, B, D]
 
@@ -203,8 +205,7 @@ def check_stacked(posterior: str, prior: str) -> Check:
     with torch.no_grad():
         stacked = torch.func.vmap(one)(params, buffers)  # (reconstruction [R, B], kl [R, B])
         worst = max(_close(s[r], a) for r, m in enumerate(models) for s, a in zip(stacked, m(x, eps)))
-    return Check("stacked (vmap over 3 runs) = alone", f"max rel diff {worst:.2g}", f"<= {STACK_RTOL:g}",
-                 worst <= STACK_RTOL)
+    return Check(name, f"max rel diff {worst:.2g}", f"<= {STACK_RTOL:g}", worst <= STACK_RTOL)
 
 
 def check_compiled(model: VAE, run: bool) -> Check:
@@ -226,10 +227,14 @@ def check_compiled(model: VAE, run: bool) -> Check:
 
 
 def model_checks(posterior: str, prior: str, compile: bool) -> list[Check]:
-    """The checks through the whole VAE: IW >= ELBO, stacked = alone, compiled = eager."""
+    """The checks through the whole VAE: IW >= ELBO, stacked = alone, compiled = eager; IW >= ELBO and stacked =
+    alone again on a two-layer model (the family on both layers, the prior on the top one)."""
     model = perturbed_model(posterior, prior)
+    iw2, stacked2 = "two layers: IW log p(x) >= ELBO", "two layers: stacked = alone"
     return [guarded("IW log p(x) >= ELBO (same 64 draws)", ">= 0", lambda: check_iw_above_elbo(model)),
             guarded("stacked (vmap over 3 runs) = alone", f"<= {STACK_RTOL:g}",
                     lambda: check_stacked(posterior, prior)),
-            guarded("compiled = eager (torch.compile)", "", lambda: check_compiled(model, compile))]
+            guarded("compiled = eager (torch.compile)", "", lambda: check_compiled(model, compile)),
+            guarded(iw2, ">= 0", lambda: check_iw_above_elbo(perturbed_model(posterior, prior, layers=2), iw2)),
+            guarded(stacked2, f"<= {STACK_RTOL:g}", lambda: check_stacked(posterior, prior, 2, stacked2))]
 
