@@ -14,6 +14,7 @@ from bench.training.cost import OpCounter, counted
 from bench.training.stack import Stack
 from tests.families import PAIRS
 from tests.test_stacking import synthetic_data
+from vae_core import build_vae
 
 P, H, D, B = 784, 8, 3, 8  # pixels, hidden width, latent dim, batch (synthetic_data has 784 pixels)
 
@@ -55,11 +56,15 @@ def test_mean_field_counts_equal_the_count_by_hand(float64, tmp_path, k):
     assert cost["train_elementwise_per_example"] > 0 and cost["iw_elementwise_per_sample"] > 0
 
 
-def test_the_count_by_hand_tells_forward_only_from_a_training_step():
-    """The hand count is not satisfied by a step that forgets the backward pass or the k samples."""
-    train, _ = mlp_flops(1)
-    forward_only = 2 * (P * H + H * 2 * D + D * H + H * P)
-    assert train != forward_only and mlp_flops(4)[0] != train
+def test_a_forward_pass_alone_counts_as_the_hand_forward_not_as_a_training_step(float64):
+    """The counter on the model's forward alone gives the hand count's forward part, which the training figure of
+    `mlp_flops` exceeds: a step that lost its backward pass would fail the test above."""
+    model = build_vae({"hidden": [H], "latent_dim": D})
+    x, eps = torch.rand(B, P), torch.randn(1, B, D)  # [B, P], [k, B, D]
+    with torch.no_grad():
+        flops, _ = counted(model, x, eps)
+    forward = 2 * B * (P * H + H * 2 * D + D * H + H * P)
+    assert flops == forward and mlp_flops(1)[0] * B > 2.5 * forward
 
 
 def test_elementwise_ops_count_outputs_and_reduction_inputs():

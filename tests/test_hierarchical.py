@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from tests.test_runner_promises import FIGURES, interrupt_at, rows, run_grid, same, synth_dir, write_grid  # noqa: F401
-from vae_core import build_vae, load_vae
+from vae_core import ConfigError, build_vae, load_vae
 from vae_core.estimators import elbo_from_log_weights, iw_bound
 from vae_core.inference_gaps import posterior_diagnostics
 from vae_core.layer_diagnostics import layer_figures
@@ -205,3 +205,18 @@ def test_a_two_layer_grid_runs_stacked_resumes_bit_for_bit_and_never_reports_a_g
     for col in (*FIGURES, "test_kl_z1", "test_kl_z2", "active_units_z1", "active_units_z2"):
         for run_id in expected.index:
             assert same(got.loc[run_id, col], expected.loc[run_id, col]), (run_id, col)
+
+
+def test_the_top_layer_takes_its_own_family_and_bad_keys_are_one_line_errors(float64):
+    model = build_vae({"data_dim": 4, "latent_dim": 3, "layers": 2, "top_latent_dim": 2, "hidden": [8],
+                       "posterior": "sylvester-orthogonal", "posterior_orthogonal_vectors": 3,
+                       "top_posterior": "iaf", "prior": "mog", "prior_components": 2})
+    assert type(model.posterior).__name__ == "IAFPosterior"
+    assert type(model.bottom_posterior).__name__ == "OrthogonalSylvesterPosterior" and model.bottom_posterior.m == 3
+    with torch.no_grad():
+        assert torch.isfinite(model.iw_log_px(ALL_X, 4, generator=gen(0))).all()
+    for bad, match in (({"top_latent_dim": 2}, "need layers = 2"), ({"top_posterior": "iaf"}, "need layers = 2"),
+                       ({"layers": 3}, "must be one of"), ({"layers": 2, "kl": "analytic"}, "needs 'model.layers' = 1"),
+                       ({"layers": 2, "top_posterior": "iaff"}, "iaf")):
+        with pytest.raises(ConfigError, match=match):
+            build_vae({"data_dim": 4, "latent_dim": 2, **bad})

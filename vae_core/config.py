@@ -117,6 +117,7 @@ class ModelConfig:
     layers: int = choice(1, (1, 2))
     top_latent_dim: int = 0
     top_hidden: list[int] = ()
+    top_posterior: str = ""
     posterior: str = "mean-field"
     posterior_flow_steps: int = 2
     posterior_orthogonal_vectors: int = 0
@@ -156,8 +157,8 @@ class ModelConfig:
         need(self.latent_dim >= 1, "latent_dim", f"must be >= 1; got {self.latent_dim}")
         need(self.top_latent_dim >= 0, "top_latent_dim", f"must be >= 1 (0 = latent_dim); got {self.top_latent_dim}")
         need(all(h >= 1 for h in self.top_hidden), "top_hidden", f"sizes must be >= 1; got {list(self.top_hidden)}")
-        need(self.layers == 2 or (self.top_latent_dim == 0 and not self.top_hidden), "top_latent_dim",
-             "and 'model.top_hidden' need 'model.layers' = 2")
+        need(self.layers == 2 or (self.top_latent_dim == 0 and not self.top_hidden and not self.top_posterior),
+             "layers", "= 1: 'model.top_latent_dim', 'model.top_hidden' and 'model.top_posterior' need layers = 2")
         need(self.layers == 1 or self.kl == "mc", "kl", "= 'analytic' needs 'model.layers' = 1")
         need(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1; got {list(self.hidden)}")
         need(self.posterior_flow_steps >= 1, "posterior_flow_steps", f"must be >= 1; got {self.posterior_flow_steps}")

@@ -2,8 +2,8 @@
 q(z2 | x) q(z1 | x, z2), the HVAE of Tomczak & Welling (2018).
 
 The top prior p(z2) is any registered prior (a VampPrior's pseudo-inputs go through q(z2 | x)'s encoder), and
-both posteriors are the registered family `model.posterior`, one instance per layer, so every family and prior
-runs unchanged on a hierarchical model. A sample is z = [z1, z2] [k, B, D + D2], driven by noise
+both posteriors are registered families: `model.posterior` for z1, `model.top_posterior` for z2 (empty: the same),
+so every family and prior runs unchanged on a hierarchical model. A sample is z = [z1, z2] [k, B, D + D2], driven by noise
 [eps1, eps2] of the same shape; every VAE method (ELBO, IW bound, objectives, stacking, compilation) sees the
 one-layer interface, with log p(z) = log p(z2) + log p(z1 | z2) and log q = log q(z2 | x) + log q(z1 | x, z2).
 """
@@ -24,9 +24,13 @@ from vae_core.registry import build_posterior, build_prior
 from vae_core.vae import VAE
 
 
-def one_layer(cfg: ModelConfig, latent_dim: int) -> ModelConfig:
-    """cfg as a one-layer model of latent size `latent_dim` (what a layer's family, prior or net is built from)."""
-    return dataclasses.replace(cfg, latent_dim=latent_dim, layers=1, top_latent_dim=0, top_hidden=())
+def one_layer(cfg: ModelConfig, latent_dim: int, posterior: str = "") -> ModelConfig:
+    """cfg as a one-layer model of latent size `latent_dim` (what a layer's family, prior or net is built from),
+    with posterior family `posterior` where given (the O-SNF's column count stays only with its own family)."""
+    family = posterior or cfg.posterior
+    vectors = cfg.posterior_orthogonal_vectors if family == cfg.posterior else 0
+    return dataclasses.replace(cfg, latent_dim=latent_dim, layers=1, top_latent_dim=0, top_hidden=(),
+                               top_posterior="", posterior=family, posterior_orthogonal_vectors=vectors)
 
 
 class HierarchicalVAE(VAE):
@@ -36,7 +40,7 @@ class HierarchicalVAE(VAE):
     def __init__(self, config: ModelConfig):
         nn.Module.__init__(self)
         self.config = config
-        top, joint = one_layer(config, config.top_dim), one_layer(config, config.noise_dim)
+        top, joint = one_layer(config, config.top_dim, config.top_posterior), one_layer(config, config.noise_dim)
         self.posterior = build_posterior(top)
         self.encoder = Encoder(top, getattr(self.posterior, "context_dim", 0))
         self.bottom_posterior = build_posterior(one_layer(config, config.latent_dim))

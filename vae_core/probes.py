@@ -21,7 +21,8 @@ def clip(text: str, n: int) -> str:
 
 
 def _key(cfg: ModelConfig) -> tuple:
-    return cfg, resolve("posterior", cfg.posterior).obj, resolve("prior", cfg.prior).obj
+    top = resolve("posterior", cfg.top_posterior).obj if cfg.top_posterior else None
+    return cfg, resolve("posterior", cfg.posterior).obj, resolve("prior", cfg.prior).obj, top
 
 
 def check_model(cfg: ModelConfig) -> None:

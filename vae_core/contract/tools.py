@@ -176,7 +176,7 @@ def guarded(name: str, bound: str, fn: Callable[[], Check]) -> Check:
         return fn()
     except Exception as err:
         text = (str(err).strip().splitlines() or [""])[0]
-        return Check(name, f"raised {type(err).__name__}: {text}"[:160], bound, False)
+        return Check(name, clip(f"raised {type(err).__name__}: {text}", 160), bound, False)
 
 
 def check_iw_above_elbo(model: VAE, name: str = "IW log p(x) >= ELBO (same 64 draws)") -> Check:
