@@ -132,7 +132,7 @@ def image_figures(runs: pd.DataFrame, results_dir: Path, out_dir: Path, data_dir
         test, labels = loaded
         result.figures.append((f"Test images (top) and their reconstructions (bottom), {who}",
                                _reconstructions(model, test.to(dtype), shape, variant, out_dir, name), source))
-        if cfg.latent_dim == 2:
+        if cfg.latent_dim == 2 and cfg.layers == 1:  # a 2-D z to lay out (two layers: z is [z1, z2])
             result.figures.append((f"Latent manifold (decoder means over a {MANIFOLD_STEPS}×{MANIFOLD_STEPS} grid "
                                    f"of z), {who}", _manifold(model, shape, variant, out_dir, name, dtype), source))
             if labels is None:
