@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench import interrupts
 from bench.errors import UserError
 from bench.executors.local import LocalExecutor
 from bench.executors.slurm import SlurmOptions
@@ -158,6 +159,7 @@ def run_grid_command(grid: Path, results: Path, data_dir: Path | None, device: s
     failed = 0
     try:
         with ExitStack() as resources:
+            resources.enter_context(interrupts.catching())
             if executor == "ray" and tasks:
                 from bench.executors.ray import RayExecutor
 

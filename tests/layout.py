@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (  # lowest first; a module ma
     ("model", ("vae_core.vae", "vae_core.hierarchical", "vae_core.models")),
     ("model tools", ("vae_core.inference_gaps", "vae_core.layer_diagnostics", "vae_core.contract", "vae_core.probes")),
     ("vae_core API", ("vae_core",)),
-    ("support", ("bench", "bench.errors", "bench.quiet", "bench.storage", "bench.progress")),
+    ("support", ("bench", "bench.errors", "bench.interrupts", "bench.quiet", "bench.storage", "bench.progress")),
     ("optimizers", ("bench.training.optim",)),
     ("grid", ("bench.grid",)),
     ("training", ("bench.training",)),

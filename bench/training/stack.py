@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from bench import interrupts
 from bench.grid.config import RunConfig
 from bench.storage import ResultsLayout, atomic_write
 from bench.training.cost import COST_SEED, step_cost
@@ -192,7 +193,9 @@ class Stack:
             self._timer0 = time.perf_counter()
 
     def _check(self) -> None:
-        """Host check: a frozen (non-finite) row ends its run as diverged; training time is booked; progress."""
+        """Host check: a frozen (non-finite) row ends its run as diverged; training time is booked; progress; a
+        Ctrl-C that was swallowed on its way (`bench.interrupts`) stops the loop here."""
+        interrupts.check()
         sync(self.device)
         now = time.perf_counter()
         for run, ok, bad in zip(self.live, self.active.tolist(), self.first_bad.tolist()):
