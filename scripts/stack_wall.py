@@ -116,10 +116,12 @@ def run_once(grid: Path, results: Path, data_dir: Path | None, stack: str) -> fl
     return time.perf_counter() - t0
 
 
-def train_seconds(results: Path) -> float:
-    """The grid's training seconds by its rows: per stack, the stack's (shared by its rows), summed."""
+def train_seconds(results: Path) -> tuple[float, int]:
+    """(The grid's training seconds by its rows: per stack, the stack's (shared by its rows), summed; the training
+    examples its runs took: a run that stopped early (diverged, patience) took fewer than max_steps)."""
     rows = read_table(results / "runs")
-    return float(rows.groupby("stack_id")["train_seconds"].max().sum())
+    return (float(rows.groupby("stack_id")["train_seconds"].max().sum()),
+            int((rows["steps_done"] * rows["batch_size"]).sum()))
 
 
 def main() -> None:
@@ -137,22 +139,25 @@ def main() -> None:
     for steps in (args.short, args.long):
         grids[steps] = tmp / f"g{steps}.toml"
         grids[steps].write_text(grid_text(args.family, args.arch, steps))
-    examples = 9 * (args.long - args.short) * 128
+    nominal = 9 * (args.long - args.short) * 128
     print(f"{args.family} {args.arch}: 9 runs, {args.short} vs {args.long} steps, batch 128")
     print("| stack | Δwall s | wall ex/s | Δ rows' train s | rows' ex/s | wall / rows |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     breakdown = {}
     for size in sizes:
         run_once(grids[args.short], tmp / f"warm-{size}", args.data_dir, size)  # compile caches
-        walls, trains = {}, {}
+        walls, trains, took = {}, {}, {}
         for steps in (args.short, args.long):
             SPANS.clear()
             results = tmp / f"r-{size}-{steps}"
             with spans():
                 walls[steps] = run_once(grids[steps], results, args.data_dir, size)
-            trains[steps] = train_seconds(results)
+            trains[steps], took[steps] = train_seconds(results)
             breakdown[(size, steps)] = dict(SPANS, wall=walls[steps])
         d_wall, d_train = walls[args.long] - walls[args.short], trains[args.long] - trains[args.short]
+        examples = took[args.long] - took[args.short]
+        if examples != nominal:
+            print(f"(stack {size}: runs stopped early: {examples:,} examples instead of {nominal:,})")
         print(f"| {size} | {d_wall:.1f} | {examples / d_wall:,.0f} | {d_train:.1f} | {examples / d_train:,.0f} | "
               f"{d_wall / d_train:.2f} |", flush=True)
     print("\nphase seconds, long grid minus short grid (per 9 x", args.long - args.short, "steps):")

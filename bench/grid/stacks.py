@@ -25,11 +25,13 @@ PER_RUN_KEYS = ("train.seed", "train.lr", "train.kl_warmup_steps", "train.grad_c
                 "train.kl_warmup_epochs", "train.patience_epochs",  # the epoch keys resolve to the step keys
                 "train.patience_after_warmup")
 
-# `--stack auto` on the CPU: never. By the wall clock (scripts/stack_wall.py: 9 runs, Δwall of a 1000- and a
-# 200-step grid, compile caches warmed, 2-core CPU), the best case of the step-only benchmark (IAF at 784-256 z32,
-# 1.38x in tests/benchmarks/test_stacked.py) trains at 0.90x stacked, mean-field at the reference width at 1.17x
-# (0.96x step-only): short of the 1.3x that would pay for a stack's costs (its runs wait for the slowest, one
-# failure takes the stack's process) on a machine that drifts +-25%. `--stack N` still stacks on the CPU.
+# `--stack auto` on the CPU: stack only where stacking was measured to pay >= 1.3x by the wall clock
+# (scripts/stack_wall.py: 9 runs, Δwall of a 1000- and a 200-step grid, compile caches warmed, 2-core CPU):
+# autoregressive flows at the quick width (IAF posterior at 784-256 z32, ~0.45M parameters per run: 1.36x; step
+# only 1.38-1.42x, MAF prior 1.19x step only); mean-field at the reference width gains 1.17x (0.96x step only) and
+# every other family at either width gains less or loses (step only 0.43-0.98x).
+CPU_AUTO_MAX_PARAMS = 500_000
+CPU_AUTO_SIZE = 9
 CUDA_AUTO_SIZE = 64  # one run is launch-bound on a GPU: stack a whole group (memory permitting)
 
 
@@ -69,12 +71,16 @@ def parse_stack(value: str) -> int | None:
     return size
 
 
-def auto_size(n_params: int, device: str) -> tuple[int, str]:
+def auto_size(cfg: RunConfig, n_params: int, device: str) -> tuple[int, str]:
     """The stack size `--stack auto` picks for a group, and why."""
     if device == "cuda":
         return CUDA_AUTO_SIZE, "auto: GPU, one run is launch-bound"
-    return 1, (f"auto: CPU ({n_params:,} parameters per run): stacked runs measured 0.90-1.17x by the wall clock, "
-               "under the 1.3x that pays (docs/speed.md; --stack N forces it)")
+    flow = cfg.model.posterior == "iaf" or cfg.model.prior == "flow"
+    if flow and n_params <= CPU_AUTO_MAX_PARAMS:
+        return CPU_AUTO_SIZE, (f"auto: CPU, autoregressive flow, {n_params:,} parameters per run: stacked measured "
+                               "1.36x by the wall clock (docs/speed.md)")
+    return 1, (f"auto: CPU, {n_params:,} parameters per run: stacking measured under the 1.3x that pays "
+               "(docs/speed.md; --stack N forces it)")
 
 
 def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[StackPlan]:
@@ -89,7 +95,7 @@ def plan_stacks(runs: list[RunConfig], size: int | None, device: str) -> list[St
         if problem and (size is None or size > 1):
             limit, reason = 1, f"alone: the family does not run under torch.func ({clip(problem, 90)})"
         elif size is None:
-            limit, reason = auto_size(parameter_count(members[0]), device)
+            limit, reason = auto_size(members[0], parameter_count(members[0]), device)
         else:
             limit, reason = size, f"--stack {size}"
         n_stacks = math.ceil(len(members) / limit)
