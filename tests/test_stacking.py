@@ -39,7 +39,12 @@ PER_RUN = [(0, 1e-4, 0, 0.0), (1, 3e-4, 20, 0.0), (2, 1e-3, 0, 0.5)]
 # H-SNF with 3 reflections of a 3-D latent (its default there) is chaotic under centered RMSprop at lr 1e-3: the
 # 2e-16 difference of the first step grows to 9e-6 in 50 steps (vamp prior; with 8 reflections to 6e-4), as a
 # reflection's direction v / |v| is ill-conditioned for short v. Two reflections stay at 2e-16 throughout.
-FAMILY_MODEL_KEYS = {"sylvester-householder": {"posterior_householder_reflections": 2}}
+# O-SNF with M = D = 3 (square raw Q) is chaotic the same way: at lr 1e-3 a raw Q reaches condition number 1.6e6
+# by step 3, where the gradient of its polar factor moves by 1e-9 (relative) under a 1e-16 change of the raw
+# matrix (the early-stopping and the fixed-count iteration alike). With two columns (3 x 2) the runs stay within
+# 3.6e-10 of alone over 50 steps (measured 2026-12-08; the early-stopping iteration reached 4e-9 there).
+FAMILY_MODEL_KEYS = {"sylvester-householder": {"posterior_householder_reflections": 2},
+                     "sylvester-orthogonal": {"posterior_orthogonal_vectors": 2}}
 
 
 def configs(posterior: str, prior: str, optimizer: str, per_run=PER_RUN, model_keys: dict | None = None, **train):

@@ -1,5 +1,6 @@
 """Householder and Sylvester flows: log-dets equal the autograd Jacobian's (float64), Q is orthogonal (the
-iteration's tolerance and cap are the official code's), Householder products are orthogonal, T-SNF's
+iteration's tolerance is the official code's, its fixed count proven for the condition numbers it covers, and a
+Q beyond them is flagged), Householder products are orthogonal, T-SNF's
 permutation is the reversal matrix, and r_ii r̃_ii > -1 holds for any raw encoder output. The contract, quadrature
 and E_q[p/q] = 1 tests and the stacked = alone tests pick the families up from `POSTERIORS`."""
 
@@ -14,9 +15,10 @@ from vae_core import build_vae
 from vae_core.config import ConfigError
 from vae_core.posteriors import (HouseholderPosterior, HouseholderSylvesterPosterior, OrthogonalSylvesterPosterior,
                                  TriangularSylvesterPosterior)
-from vae_core.flows.sylvester import (ORTHO_MAX_ITERATIONS, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
-                                orthogonality_error, orthogonalize, ortho_tolerance, sylvester, sylvester_triangular,
-                                triangular_pair)
+from vae_core.flows import sylvester as sylvester_module
+from vae_core.flows.sylvester import (ORTHO_MAX_CONDITION, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
+                                      ortho_iterations, orthogonality_error, orthogonality_threshold, orthogonalize,
+                                      ortho_tolerance, sylvester, sylvester_triangular, triangular_pair)
 
 pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
@@ -90,29 +92,84 @@ def test_posterior_flows_are_per_sample_on_batches():
 
 # ---- Q -----------------------------------------------------------------------------------------------------
 
-def test_orthogonalisation_constants_are_the_official_codes():
-    assert ORTHO_MAX_ITERATIONS == 100 and ORTHO_TOLERANCE_FULL == 1e-5 and ORTHO_TOLERANCE == 1e-6
+def test_orthogonalisation_tolerances_are_the_official_codes():
+    assert ORTHO_TOLERANCE_FULL == 1e-5 and ORTHO_TOLERANCE == 1e-6
     assert ortho_tolerance(8, 8) == 1e-5 and ortho_tolerance(8, 3) == 1e-6
 
 
-@pytest.mark.parametrize("dim, m", [(6, 3), (5, 5), (8, 1)])
-def test_orthogonalize_reaches_its_tolerance(dim, m):
-    raw = torch.randn(20, dim, m, generator=gen(dim + m)) * 3  # [B, D, M]
-    q = orthogonalize(raw, ortho_tolerance(dim, m))
-    assert (orthogonality_error(q) <= ortho_tolerance(dim, m)).all()
-    # the column space is raw's (Q = raw (rawᵀraw)^(-1/2) up to the tolerance: the polar factor)
+def with_condition(dim: int, m: int, condition: float, seed: int) -> torch.Tensor:
+    """raw [D, M] with singular values spread log-uniformly over [1, condition], random singular vectors."""
+    u, _ = torch.linalg.qr(torch.randn(dim, m, generator=gen(seed)))
+    v, _ = torch.linalg.qr(torch.randn(m, m, generator=gen(seed + 1)))
+    sigma = torch.logspace(0, torch.log10(torch.tensor(condition)).item(), m)
+    return 3 * u @ torch.diag(sigma) @ v.T
+
+
+@pytest.mark.parametrize("m", [1, 2, 16, 128])
+def test_the_iteration_count_is_enough_for_the_worst_singular_value(m):
+    """The proof's scalar recursion: the count takes x_min = 1 / (κ_max sqrt(m)) to within tolerance / 2, and one
+    update fewer does not (the count is the least that works)."""
+    for tolerance in (ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL):
+        n = ortho_iterations(m, tolerance)
+        x = 1 / (ORTHO_MAX_CONDITION * m ** 0.5)
+        for i in range(n):
+            before, x = x, x * (15 - 10 * x * x + 3 * x ** 4) / 8
+        assert m ** 0.5 * (1 - x * x) <= tolerance / 2 < m ** 0.5 * (1 - before * before)
+
+
+def test_one_update_maps_each_singular_value_by_the_scalar_update(monkeypatch):
+    """The proof reasons on singular values: one matrix update must act on them as `singular_value_update`."""
+    u, _ = torch.linalg.qr(torch.randn(7, 4, generator=gen(30)))
+    v, _ = torch.linalg.qr(torch.randn(4, 4, generator=gen(31)))
+    x = torch.tensor([1e-3, 0.2, 0.7, 1.0])
+    raw = u @ torch.diag(x) @ v.T  # [D, M], ||raw||_F = ||x||
+    monkeypatch.setattr(sylvester_module, "ortho_iterations", lambda m, tolerance: 1)
+    q, _ = orthogonalize(raw, ORTHO_TOLERANCE)
+    expected = torch.tensor([sylvester_module.singular_value_update(v) for v in (x / x.norm()).tolist()])
+    torch.testing.assert_close(torch.linalg.svdvals(q).flip(0), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dim, m, condition", [(6, 3, 10.0), (5, 5, 1e3), (8, 1, 1.0), (32, 16, ORTHO_MAX_CONDITION)])
+def test_orthogonalize_reaches_its_tolerance_and_is_the_polar_factor(dim, m, condition):
+    raw = torch.stack([with_condition(dim, m, condition, seed) for seed in range(0, 40, 2)])  # [B, D, M]
+    q, converged = orthogonalize(raw, ortho_tolerance(dim, m))
+    assert converged.all() and (orthogonality_error(q) <= ortho_tolerance(dim, m)).all()
     u, _, vh = torch.linalg.svd(raw, full_matrices=False)
-    torch.testing.assert_close(q, u @ vh, rtol=0, atol=1e-5)
-    # each matrix stops on its own: its Q does not depend on the rest of the batch
-    for i in (0, 7):
-        torch.testing.assert_close(orthogonalize(raw[i:i + 1], ortho_tolerance(dim, m))[0], q[i], rtol=0, atol=0)
+    torch.testing.assert_close(q, u @ vh, rtol=0, atol=1e-5)  # raw (rawᵀraw)^(-1/2): the iteration's limit
+    for i in (0, 7):  # each matrix on its own: its Q does not depend on the rest of the batch
+        torch.testing.assert_close(orthogonalize(raw[i:i + 1], ortho_tolerance(dim, m))[0][0], q[i], rtol=0, atol=0)
 
 
-def test_orthogonalize_gives_the_same_numbers_under_vmap_and_without_early_stop():
+def test_one_update_too_few_leaves_the_worst_matrix_unconverged(monkeypatch):
+    """The check is live: with the count cut by a fifth, a raw at the proven condition number is flagged."""
+    raw = with_condition(32, 16, ORTHO_MAX_CONDITION, 3)[None]  # [1, D, M]
+    count = ortho_iterations(16, ORTHO_TOLERANCE)
+    monkeypatch.setattr(sylvester_module, "ortho_iterations", lambda m, tolerance: count * 4 // 5)
+    q, converged = orthogonalize(raw, ORTHO_TOLERANCE)
+    assert not converged.any() and orthogonality_error(q).item() > ORTHO_TOLERANCE
+
+
+def test_a_raw_beyond_the_proven_condition_gives_nan_log_q_not_a_wrong_log_det():
+    post = OrthogonalSylvesterPosterior(8, steps=2, m=4)
+    context = torch.randn(3, post.context_dim, generator=gen(5))  # [B, C]
+    raw_at = post.context_dim // post.n_steps - post.q_size  # the first flow's raw Q
+    context[1, raw_at:raw_at + post.q_size] = with_condition(8, 4, 1e12, 7).flatten()
+    _, log_abs_det = post.flow(torch.randn(5, 3, 8, generator=gen(6)), context)  # [k, B]
+    assert log_abs_det[:, [0, 2]].isfinite().all() and log_abs_det[:, 1].isnan().all()
+
+
+def test_orthogonalize_gives_the_same_numbers_under_vmap():
     raw = torch.randn(3, 4, 6, 2, generator=gen(9))  # [R, B, D, M]
     eager = orthogonalize(raw, ORTHO_TOLERANCE)
     torch.testing.assert_close(torch.func.vmap(lambda r: orthogonalize(r, ORTHO_TOLERANCE))(raw), eager,
                                rtol=0, atol=0)
+
+
+def test_the_threshold_is_the_tolerance_or_the_dtypes_rounding_floor():
+    assert orthogonality_threshold(128, 16, torch.float64) == ORTHO_TOLERANCE
+    assert orthogonality_threshold(128, 16, torch.float32) == pytest.approx(16 * 128 ** 0.5 * 2 ** -24)
+    raw = torch.randn(64, 128, 16, generator=gen(11)).float()  # [B, D, M], the benchmark's O-SNF size in float32
+    assert orthogonalize(raw, ORTHO_TOLERANCE)[1].all()
 
 
 def test_householder_product_is_orthogonal_and_the_product_of_the_reflections():

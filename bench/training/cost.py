@@ -16,9 +16,8 @@ trains and evaluates with, alone: R = 1) under torch's FLOP formulas (those of
 
 The FLOP counter counts `mm`, `addmm`, `bmm`, `baddbmm` and convolutions (the full list:
 `torch.utils.flop_counter.flop_registry`); nothing in vaebench's families calls a matrix routine outside it
-(no triangular solve, decomposition or determinant on the training path). The counts depend on shapes only,
-except for a family whose iteration count depends on values (O-SNF's orthogonalisation, counted at the run's
-initial weights); they are the same on every machine.
+(no triangular solve, decomposition or determinant on the training path). The counts depend on shapes only
+(O-SNF's orthogonalisation runs a fixed number of updates); they are the same on every machine.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ class SylvesterPosterior(FlowPosterior):
     def floats_per_sample(self) -> int:
         return self.n_steps * (6 * self.m + 2 * self.dim)
 
-    def q_matrices(self, raw: torch.Tensor) -> torch.Tensor | None:
-        """raw [B, K, q_size] -> Q [B, K, D, M] (None: a permutation, applied by indexing)."""
+    def q_matrices(self, raw: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """raw [B, K, q_size] -> (Q [B, K, D, M] or None for a permutation applied by indexing, and None or a
+        [B, K] mask of the Qs that are orthogonal: a data point with one that is not gets log q = NaN, so its
+        run stops at that step as non-finite instead of reporting a wrong log-det)."""
         raise NotImplementedError
 
     def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +40,10 @@ class SylvesterPosterior(FlowPosterior):
         params = context.unflatten(-1, (self.n_steps, -1))  # [B, K, per flow]
         full, diag, diag_tilde, b, raw_q = params.split([m * m, m, m, m, self.q_size], dim=-1)
         r, r_tilde = triangular_pair(full.unflatten(-1, (m, m)), diag, diag_tilde)  # [B, K, M, M] each
-        q = self.q_matrices(raw_q)
+        q, orthogonal = self.q_matrices(raw_q)
         total = z.new_zeros(z.shape[:-1])
+        if orthogonal is not None:
+            total = torch.where(orthogonal.all(-1), total, torch.nan)  # [..., B]
         for i in range(self.n_steps):
             if q is None:
                 z, log_abs_det = sylvester_triangular(z, r[:, i], r_tilde[:, i], b[:, i], reverse=i % 2 == 1)
@@ -76,7 +80,7 @@ class HouseholderSylvesterPosterior(SylvesterPosterior):
         return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.householder_reflections)
 
     def q_matrices(self, raw):
-        return householder_product(raw.unflatten(-1, (self.reflections, self.dim)))
+        return householder_product(raw.unflatten(-1, (self.reflections, self.dim))), None
 
 
 class TriangularSylvesterPosterior(SylvesterPosterior):
@@ -90,4 +94,4 @@ class TriangularSylvesterPosterior(SylvesterPosterior):
         return cls(cfg.latent_dim, cfg.posterior_flow_steps)
 
     def q_matrices(self, raw):
-        return None
+        return None, None
