@@ -18,7 +18,8 @@ from vae_core.posteriors import (HouseholderPosterior, HouseholderSylvesterPoste
 from vae_core.flows import sylvester as sylvester_module
 from vae_core.flows.sylvester import (ORTHO_MAX_CONDITION, ORTHO_TOLERANCE, ORTHO_TOLERANCE_FULL, householder_product,
                                       ortho_iterations, orthogonality_error, orthogonality_threshold, orthogonalize,
-                                      ortho_tolerance, sylvester, sylvester_triangular, triangular_pair)
+                                      ortho_tolerance, sylvester, sylvester_householder, sylvester_triangular,
+                                      triangular_pair)
 
 pytestmark = pytest.mark.usefixtures("float64", "one_thread")
 
@@ -181,6 +182,19 @@ def test_householder_product_is_orthogonal_and_the_product_of_the_reflections():
         for v in vs[b]:  # H_1 first: Q = H_3 H_2 H_1
             expected = (torch.eye(4) - 2 * torch.outer(v, v) / (v @ v)) @ expected
         torch.testing.assert_close(q[b], expected, rtol=0, atol=1e-12)
+
+
+def test_reflections_applied_to_vectors_are_the_flow_with_q_formed():
+    """H-SNF's fast path (reflections applied one by one) against `sylvester` with Q = householder_product."""
+    vs = torch.randn(5, 3, 6, generator=gen(40))  # [B, H, D]
+    r, r_tilde = triangular_pair(torch.randn(5, 6, 6, generator=gen(41)), torch.randn(5, 6, generator=gen(42)),
+                                 torch.randn(5, 6, generator=gen(43)))
+    b, z = torch.randn(5, 6, generator=gen(44)), torch.randn(4, 5, 6, generator=gen(45))  # [B, D], [k, B, D]
+    units = vs / vs.norm(dim=-1, keepdim=True)
+    fast = sylvester_householder(z, units, r, r_tilde, b)
+    torch.testing.assert_close(fast, sylvester(z, householder_product(vs), r, r_tilde, b), rtol=1e-12, atol=1e-12)
+    wrong_order = sylvester_householder(z, units.flip(-2), r, r_tilde, b)  # the reflections in reverse order
+    assert (wrong_order[0] - fast[0]).abs().max() > 1e-3
 
 
 def test_triangular_flow_reverse_is_the_reversal_permutation():

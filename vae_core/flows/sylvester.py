@@ -13,7 +13,8 @@ exactly +-1 once |raw| > ~19, in float32 once |raw| > ~9).
 Three ways to get Q (the paper's three families):
 - orthogonal (O-SNF): M <= D free columns made orthonormal by an iteration of the paper's family (`orthogonalize`),
   run a fixed, proven number of times (`ortho_iterations`);
-- householder (H-SNF): M = D, Q a product of H Householder reflections (`householder_product`);
+- householder (H-SNF): M = D, Q a product of H Householder reflections, applied to vectors one reflection
+  at a time (`sylvester_householder`; `householder_product` forms Q);
 - triangular (T-SNF): M = D, Q the identity or the reversal permutation (`sylvester_triangular`).
 """
 
@@ -48,6 +49,23 @@ def householder_product(vs: torch.Tensor) -> torch.Tensor:
         v = vs[..., j, :].unsqueeze(-1)  # [..., D, 1]
         q = q - (2 / v.square().sum(-2, keepdim=True)) * v * (v.transpose(-1, -2) @ q)  # H_j @ q
     return q
+
+
+def householder_apply(z: torch.Tensor, units: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """Q z (or Qᵀ z) for Q = H_H ... H_1 = `householder_product(units)`, without forming Q: the reflections
+    applied one by one, O(H D) per vector. z [..., D], units [..., H, D] unit vectors (broadcast) -> [..., D]."""
+    order = range(units.shape[-2] - 1, -1, -1) if transpose else range(units.shape[-2])
+    for j in order:
+        u = units[..., j, :]
+        z = z - 2 * (u * z).sum(-1, keepdim=True) * u
+    return z
+
+
+def sylvester_householder(z: torch.Tensor, units: torch.Tensor, r: torch.Tensor, r_tilde: torch.Tensor,
+                          b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sylvester` with Q = H_H ... H_1 given by its reflections' unit vectors units [..., H, D]."""
+    shift, log_abs_det = _sylvester_core(householder_apply(z, units, transpose=True), r, r_tilde, b)
+    return z + householder_apply(shift, units), log_abs_det
 
 
 def orthogonality_error(q: torch.Tensor) -> torch.Tensor:

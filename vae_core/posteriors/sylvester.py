@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vae_core.config import ModelConfig
-from vae_core.flows.sylvester import (householder_product, ortho_tolerance, orthogonalize, sylvester,
+from vae_core.flows.sylvester import (ortho_tolerance, orthogonalize, sylvester, sylvester_householder,
                                       sylvester_triangular, triangular_pair)
 from vae_core.posteriors.base import FlowPosterior
 
@@ -29,10 +29,14 @@ class SylvesterPosterior(FlowPosterior):
         return self.n_steps * (6 * self.m + 2 * self.dim)
 
     def q_matrices(self, raw: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """raw [B, K, q_size] -> (Q [B, K, D, M] or None for a permutation applied by indexing, and None or a
-        [B, K] mask of the Qs that are orthogonal: a data point with one that is not gets log q = NaN, so its
-        run stops at that step as non-finite instead of reporting a wrong log-det)."""
+        """raw [B, K, q_size] -> (what `transform` takes for Q, per flow on dim 1, or None; and None or a [B, K]
+        mask of the Qs that are orthogonal: a data point with one that is not gets log q = NaN, so its run stops
+        at that step as non-finite instead of reporting a wrong log-det)."""
         raise NotImplementedError
+
+    def transform(self, z, q, r, r_tilde, b, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow i: z [..., B, D] -> (z', log|det| [..., B]); q is flow i's slice of `q_matrices`' first output."""
+        return sylvester(z, q, r, r_tilde, b)
 
     def flow(self, z: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z [..., B, D], context [B, C] -> (f(z), sum of log|det| [..., B])."""
@@ -45,10 +49,7 @@ class SylvesterPosterior(FlowPosterior):
         if orthogonal is not None:
             total = torch.where(orthogonal.all(-1), total, torch.nan)  # [..., B]
         for i in range(self.n_steps):
-            if q is None:
-                z, log_abs_det = sylvester_triangular(z, r[:, i], r_tilde[:, i], b[:, i], reverse=i % 2 == 1)
-            else:
-                z, log_abs_det = sylvester(z, q[:, i], r[:, i], r_tilde[:, i], b[:, i])
+            z, log_abs_det = self.transform(z, None if q is None else q[:, i], r[:, i], r_tilde[:, i], b[:, i], i)
             total = total + log_abs_det
         return z, total
 
@@ -80,7 +81,11 @@ class HouseholderSylvesterPosterior(SylvesterPosterior):
         return cls(cfg.latent_dim, cfg.posterior_flow_steps, cfg.householder_reflections)
 
     def q_matrices(self, raw):
-        return householder_product(raw.unflatten(-1, (self.reflections, self.dim))), None
+        vs = raw.unflatten(-1, (self.reflections, self.dim))  # [B, K, H, D]
+        return vs / vs.norm(dim=-1, keepdim=True), None
+
+    def transform(self, z, q, r, r_tilde, b, i):
+        return sylvester_householder(z, q, r, r_tilde, b)
 
 
 class TriangularSylvesterPosterior(SylvesterPosterior):
@@ -95,3 +100,6 @@ class TriangularSylvesterPosterior(SylvesterPosterior):
 
     def q_matrices(self, raw):
         return None, None
+
+    def transform(self, z, q, r, r_tilde, b, i):
+        return sylvester_triangular(z, r, r_tilde, b, reverse=i % 2 == 1)
