@@ -243,3 +243,33 @@ def test_floats_per_sample_is_what_log_prob_holds(one_thread):
     assert claimed == mixture_floats_per_sample(50, 40) == 2 * 50 + 2 * 40
     assert 0.8 * claimed <= slopes["ours"] <= claimed, (slopes, claimed)
     assert slopes["direct"] >= 2 * 50 * 40  # the [N, K, D] terms the direct form holds
+
+
+def test_flushing_subnormals_changes_no_figure():
+    """The CPU training path flushes subnormal floats to zero (bench.training.stack, docs/speed.md): a mixture's
+    far components give responsibilities below float32's normal range, and as zeros they change neither
+    log p(z) nor its gradient beyond 1e-30 of its scale (float32)."""
+    g = torch.Generator().manual_seed(3)
+    loc = torch.randn(500, 16, generator=g) * 3  # [K, D]
+    scale = torch.rand(500, 16, generator=g) * 0.3 + 0.2
+    log_weights = torch.log_softmax(torch.randn(500, generator=g), -1)
+    z = torch.randn(64, 16, generator=g) * 3  # [B, D]
+
+    def figures():
+        loc_ = loc.clone().requires_grad_()
+        log_p = mixture_log_prob(z, log_weights, loc_, scale)  # [B]
+        (grad_loc,) = torch.autograd.grad(log_p.sum(), loc_)
+        return log_p, grad_loc
+
+    try:
+        assert torch.set_flush_denormal(False)
+        log_p, grad_loc = figures()
+        tiny = grad_loc.abs()
+        assert ((tiny > 0) & (tiny < torch.finfo(torch.float32).tiny)).any()  # subnormals really occur
+        torch.set_flush_denormal(True)
+        flushed_log_p, flushed_grad = figures()
+    finally:
+        torch.set_flush_denormal(False)
+    torch.testing.assert_close(flushed_log_p, log_p, rtol=1e-6, atol=0)
+    # entries that are themselves ~1e-36 (products of subnormals) move; nothing above 1e-30 of the gradient's scale
+    torch.testing.assert_close(flushed_grad, grad_loc, rtol=1e-6, atol=1e-30 * grad_loc.abs().max().item())
