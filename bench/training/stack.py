@@ -39,10 +39,6 @@ class Stack:
                  on_progress: ProgressFn | None = None, started: float | None = None):
         self.cfgs, self.data, self.layout, self.device = cfgs, data, layout, device
         self.on_progress = on_progress or (lambda *a: None)
-        if device.type == "cpu":
-            # subnormal floats (a mixture's far components: responsibilities below 1e-38) run ~100x slower on
-            # x86; as zeros they change no figure (docs/speed.md, "Subnormals"). Process-wide, as torch has it.
-            torch.set_flush_denormal(True)
         first = cfgs[0]
         train = first.train
         self.optimizer = OPTIMIZERS[train.optimizer].with_eps(train.optimizer_eps)

@@ -50,7 +50,21 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tens
         weighted = mc * precision  # [K, D]
         log_norm = log_weights - scale.log().sum(-1) - dim * HALF_LOG_2PI - 0.5 * (mc * weighted).sum(-1)  # [K]
         terms = torch.addmm(torch.addmm(log_norm, zc, weighted.T), zc.square(), precision.T, alpha=-0.5)  # [N, K]
-        return torch.logsumexp(terms, dim=-1).reshape(z.shape[:-1])
+        return logsumexp_without_subnormals(terms).reshape(z.shape[:-1])
+
+
+def logsumexp_without_subnormals(terms: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp over the last dim, [..., K] -> [...], leaving out the terms more than log(tiny) / 2 below
+    the largest (-43.7 in float32, -354 in float64): their exp, and the responsibilities in the gradient,
+    would be near or below the smallest normal float, and subnormal arithmetic runs ~100x slower on x86
+    (docs/speed.md, "Subnormals"). What they leave out is at most K e^(log(tiny) / 2) relative (5.5e-17 in
+    float32 at K = 500), far below the dtype's resolution; their gradient is then exactly 0."""
+    top = terms.detach().amax(-1, keepdim=True)  # [..., 1]
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    shifted = terms - top
+    floor = math.log(torch.finfo(terms.dtype).tiny) / 2
+    kept = torch.where(shifted <= floor, torch.full_like(shifted, -math.inf), shifted)  # NaN stays NaN
+    return kept.exp().sum(-1).log() + top.squeeze(-1)
 
 
 def mixture_log_prob_direct(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor,
@@ -62,9 +76,10 @@ def mixture_log_prob_direct(z: torch.Tensor, log_weights: torch.Tensor, loc: tor
 
 
 def mixture_floats_per_sample(components: int, dim: int) -> int:
-    """Floats `mixture_log_prob` holds per sample at its peak (sizes IW chunks): two [N, K] terms (the GEMM's
-    output and its input, then logsumexp's shifted copy) and the centred z and its square [N, D]."""
-    return 2 * components + 2 * dim
+    """Floats `mixture_log_prob` holds per sample at its peak (sizes IW chunks): up to four [N, K] terms (the
+    GEMMs' output, then `logsumexp_without_subnormals`' shifted, kept and exponentiated copies; measured 3.5)
+    and the centred z and its square [N, D]."""
+    return 4 * components + 2 * dim
 
 
 def mixture_sample(n: int, log_weights: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
